@@ -1,0 +1,194 @@
+"""create_app: routes, the middleware, CORS, and the resources one app owns.
+
+Order of work on a request: middleware (request id, auth, error envelope, compression,
+access log) -> handler; then on_response_prepare: aiohttp-cors, then our common headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import aiohttp_cors
+import orjson
+from aiohttp import web
+
+from router import proxy
+from router.auth import Authenticator
+from router.balancer import Balancer
+from router.compression import compress, negotiate
+from router.config import Config
+from router.errors import (
+    MethodNotAllowed,
+    NotFound,
+    RouterError,
+    error_response,
+    from_http_exception,
+)
+from router.keys import CLIENT, LIVE, REQUEST_ID, SESSION, STATE, UPSTREAMS, Live, Runtime
+from router.logs import request_id
+from router.mock import MockUpstream
+from router.state import StateBackend, open_state
+from router.upstream import HttpUpstream, Upstream
+
+log = logging.getLogger("router")
+access_log = logging.getLogger("router.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+EXPOSED = (
+    "x-llm-router-provider",
+    "x-llm-router-model",
+    "x-llm-router-key",
+    "x-llm-router-attempts",
+    "x-llm-router-cost",
+    "x-llm-router-cache",
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
+PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def build_runtime(config: Config, state: StateBackend) -> Runtime:
+    return Runtime(config, Authenticator(config.client_keys), Balancer(config, state))
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("x-request-id", "")
+    request[REQUEST_ID] = rid = rid if _REQUEST_ID.fullmatch(rid) else os.urandom(12).hex()
+    request_id.set(rid)  # the handler runs in its own task, so this stays with the request
+    runtime = request.app[LIVE].runtime
+    started = time.perf_counter()
+    try:
+        if request.path.startswith("/v1/") and request.method != "OPTIONS":
+            request[CLIENT] = runtime.auth.check(request.headers.get("Authorization"))
+        response = await handler(request)
+    except RouterError as exc:
+        response = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(from_http_exception(exc))
+    except Exception:  # a bug of ours: still an OpenAI-shaped answer, and a traceback in the log
+        log.exception("unhandled error in %s %s [%s]", request.method, request.path,
+                      rid)  # fmt: skip
+        response = error_response(RouterError("The router hit an internal error."))
+    if not response.prepared and isinstance(response, web.Response):
+        _maybe_compress(request, response, runtime.config)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %d %s %s %.1fms",
+            request.get(CLIENT, "-"),
+            request.method,
+            response.status,
+            request.path,
+            response.headers.get("x-llm-router-key", "-"),
+            (time.perf_counter() - started) * 1000,
+        )
+    return response
+
+
+def _maybe_compress(request: web.Request, response: web.Response, config: Config) -> None:
+    body = response.body
+    if (
+        not config.compression.enabled
+        or not isinstance(body, bytes)
+        or len(body) < config.compression.min_bytes
+        or "Content-Encoding" in response.headers
+    ):
+        return
+    encoding = negotiate(request.headers.get("Accept-Encoding", ""))
+    if encoding:
+        response.body = compress(body, encoding)
+        response.headers["Content-Encoding"] = encoding
+
+
+async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or os.urandom(12).hex()
+    response.headers["Vary"] = "Origin, Accept-Encoding"
+
+
+async def models(request: web.Request) -> web.Response:
+    runtime = request.app[LIVE].runtime
+    created = request.app[STARTED]
+    data = [
+        {"id": g.name, "object": "model", "created": created, "owned_by": "llm-router"}
+        for g in runtime.config.groups
+    ]
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def not_allowed(request: web.Request) -> web.Response:
+    raise MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+
+
+STARTED = web.AppKey("started", int)
+
+
+def create_app(config: Config, *, state: StateBackend | None = None) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
+    app[STATE] = state or open_state(config.state, config.usage_window)
+    app[LIVE] = Live(build_runtime(config, app[STATE]))
+    app[STARTED] = int(time.time())
+    app.cleanup_ctx.append(_resources)
+
+    def route(path: str, handler: Handler, *methods: str) -> None:
+        resource = app.router.add_resource(path)
+        for method in METHODS:
+            resource.add_route(method, handler if method in methods else not_allowed)
+
+    for path in PROXIED:
+        route(path, proxy.handle, "POST")
+    route("/v1/models", models, "GET")
+    route("/health", health, "GET")
+    catch_all = app.router.add_resource("/{tail:.*}")
+    for method in METHODS:
+        catch_all.add_route(method, not_found)
+
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=config.cors.allow_credentials,
+        expose_headers=EXPOSED,
+        allow_headers="*",
+        allow_methods="*",
+        max_age=86400,
+    )
+    cors = aiohttp_cors.setup(app, defaults={o: options for o in config.cors.allow_origins})
+    for r in list(app.router.routes()):
+        cors.add(r)
+    app.on_response_prepare.append(_common_headers)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, trust_env=False)
+    app[SESSION] = session
+    upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
+    app[UPSTREAMS] = upstreams
+    try:
+        yield
+    finally:
+        await session.close()
+        await app[STATE].close()

@@ -1,0 +1,80 @@
+"""The `llm-router` command: a thin layer over config and server, flags mirroring config keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from router import __version__
+from router.config import Config, discover
+from router.logs import setup_logging
+from router.schema import ConfigError
+from router.server import load_config, serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-router", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llm-router {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the router")
+    s.add_argument("--config", help="config file (YAML or JSON)")
+    s.add_argument("--host", help="address to listen on (config: host)")
+    s.add_argument("--port", type=int, help="port to listen on (config: port)")
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    s.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="(config: logging.level)"
+    )
+
+    c = sub.add_parser("check", help="validate a config and list each group's targets")
+    c.add_argument("config_file", nargs="?", help="config file (same as --config)")
+    c.add_argument("--config", dest="config_opt", help="config file (YAML or JSON)")
+    return parser
+
+
+def describe(config: Config) -> str:
+    lines = [f"config: {config.source}", f"listen: {config.host}:{config.port}"]
+    lines.append(f"client keys: {', '.join(k.name for k in config.client_keys) or 'none'}")
+    for group in config.groups:
+        lines.append(f"group {group.name} ({group.strategy}):")
+        for ref in group.models:
+            for key in config.provider(ref.provider).keys:
+                lines.append(
+                    f"  {ref.provider:<12} {ref.name:<28} key={key.label:<16} weight={ref.weight:g}"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        path = discover(args.config_file or args.config_opt)
+        try:
+            config = load_config(path, {})
+        except ConfigError as exc:
+            for error in exc.errors:
+                print(f"error: {error}", file=sys.stderr)
+            print(f"{len(exc.errors)} error(s) in {path or 'the demo config'}", file=sys.stderr)
+            return 1
+        print(describe(config))
+        print("ok")
+        return 0
+
+    path = discover(args.config)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        config = load_config(path, overrides)
+        setup_logging(config.logging, args.log_level)
+        return serve(config, path, overrides, workers=args.workers)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # most often: the port is taken
+        print(f"error: cannot serve: {exc}", file=sys.stderr)
+        return 1

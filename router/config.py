@@ -1,0 +1,401 @@
+"""The config: frozen dataclasses, loaded from YAML or JSON once and validated once."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+
+from router.schema import ConfigError, Reader, substitute
+
+ProviderType = Literal["openai", "mock"]
+STRATEGIES = ("lowest-usage",)
+
+
+@dataclass(frozen=True)
+class ProviderKey:
+    secret: str | None  # None: the upstream needs no key (a local server)
+    label: str  # what logs, headers and /status show instead of the secret
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    type: ProviderType
+    base_url: str
+    keys: tuple[ProviderKey, ...]
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 60.0
+    idle_timeout: float = 60.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    latency_ms: float = 0.0  # mock only
+    failure_rate: float = 0.0  # mock only
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    provider: str
+    name: str
+    weight: float = 1.0
+    input_cost: float = 0.0
+    output_cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    models: tuple[ModelRef, ...]
+    strategy: str = "lowest-usage"
+    hedge_after: float | None = None
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    name: str
+    key: str
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: Literal["day", "month"] = "day"
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 5.0
+    wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class Breaker:
+    failures: int = 5
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True)
+class Cache:
+    backend: Literal["none", "memory", "redis"] = "none"
+    ttl: float = 3600.0
+    max_entries: int = 10000
+
+
+@dataclass(frozen=True)
+class State:
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "llm-router"
+
+
+@dataclass(frozen=True)
+class Cors:
+    allow_origins: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
+
+
+@dataclass(frozen=True)
+class Compression:
+    enabled: bool = True
+    min_bytes: int = 1024
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    groups: tuple[Group, ...]
+    providers: tuple[Provider, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    client_keys: tuple[ClientKey, ...] = ()
+    request_penalty: float = 0.0
+    error_penalty: float = 0.0
+    usage_window: float = 0.0
+    retry: Retry = Retry()
+    breaker: Breaker = Breaker()
+    cache: Cache = Cache()
+    state: State = State()
+    cors: Cors = Cors()
+    compression: Compression = Compression()
+    usage_log: str | None = None
+    logging: Logging = Logging()
+    shutdown_timeout: float = 30.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    source: str = "<dict>"  # where it came from, for logs
+
+    def provider(self, name: str) -> Provider:
+        return next(p for p in self.providers if p.name == name)
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.client_keys)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    try:
+        tree = orjson.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{p}: not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}"]) from None
+    return parse(tree, env, source=str(p))
+
+
+def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<dict>") -> Config:
+    errors: list[str] = []
+    tree = substitute(tree, os.environ if env is None else env, errors)
+    top = Reader(tree, "", errors)
+    providers = tuple(_provider(path, item, errors) for path, item in top.items("providers"))
+    names = [p.name for p in providers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            errors.append(f"providers[{i}].name: duplicate provider {name!r}")
+    groups = tuple(_group(path, item, set(names), errors) for path, item in top.items("groups"))
+    gnames = [g.name for g in groups]
+    for i, name in enumerate(gnames):
+        if name in gnames[:i]:
+            errors.append(f"groups[{i}].name: duplicate group {name!r}")
+    if not groups and "groups" not in top.data:
+        errors.append("groups: is required")
+
+    clients: list[ClientKey] = []
+    single = top.str("api_key", None)
+    if single:  # `api_key: ${KEY:-}` left empty means "no key", as if it were absent
+        clients.append(ClientKey(name="default", key=single))
+    for path, item in top.items("api_keys"):
+        c = _client_key(path, item, errors)
+        if any(c.name == o.name for o in clients):
+            errors.append(f"{path}.name: duplicate client key name {c.name!r}")
+        if not c.key:
+            errors.append(f"{path}.key: must not be empty")
+        clients.append(c)
+
+    cfg = Config(
+        groups=groups,
+        providers=providers,
+        host=top.str("host", "127.0.0.1"),
+        port=top.num("port", 8080, integer=True),
+        client_keys=tuple(clients),
+        request_penalty=top.num("request_penalty", 0.0),
+        error_penalty=top.num("error_penalty", 0.0),
+        usage_window=top.num("usage_window", 0.0),
+        retry=_retry(top.mapping("retry")),
+        breaker=_breaker(top.mapping("breaker")),
+        cache=_cache(top.mapping("cache")),
+        state=_state(top.mapping("state")),
+        cors=_cors(top.mapping("cors")),
+        compression=_compression(top.mapping("compression")),
+        usage_log=top.str("usage_log", None),
+        logging=_logging(top.mapping("logging")),
+        shutdown_timeout=top.num("shutdown_timeout", 30.0),
+        max_body_bytes=top.num("max_body_bytes", 32 * 1024 * 1024, integer=True, minimum=1),
+        source=source,
+    )
+    top.done()
+    if cfg.port > 65535:
+        errors.append(f"port: must be an integer from 0 to 65535, got {cfg.port}")
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _provider(path: str, item: Any, errors: list[str]) -> Provider:
+    r = Reader(item, path, errors)
+    name = r.str("name")
+    ptype = r.str("type", "openai", choices=("openai", "mock"))
+    base_url = r.str("base_url", "" if ptype == "mock" else None)
+    if base_url and not base_url.startswith(("http://", "https://")):
+        r.fail(r.at("base_url"), f"must start with http:// or https://, got {base_url!r}")
+    keys: list[ProviderKey] = []
+    for i, (kpath, k) in enumerate(r.items("api_keys")):
+        label = f"{name}#{i}"
+        if isinstance(k, str):
+            keys.append(ProviderKey(secret=k, label=label))
+            continue
+        kr = Reader(k, kpath, errors)
+        keys.append(
+            ProviderKey(
+                secret=kr.str("key"),
+                label=kr.str("name", label),
+                rpm=kr.num("rpm", None, integer=True, minimum=1),
+                tpm=kr.num("tpm", None, integer=True, minimum=1),
+            )
+        )
+        kr.done()
+    if not keys:
+        # A provider without keys is one target that sends no Authorization header.
+        keys.append(ProviderKey(secret=None, label=f"{name}#0"))
+    provider = Provider(
+        name=name,
+        type=ptype,
+        base_url=base_url.rstrip("/"),
+        keys=tuple(keys),
+        timeout=r.num("timeout", 600.0, above=True),
+        connect_timeout=r.num("connect_timeout", 10.0, above=True),
+        first_byte_timeout=r.num("first_byte_timeout", 60.0, above=True),
+        idle_timeout=r.num("idle_timeout", 60.0, above=True),
+        headers=r.str_map("headers"),
+        latency_ms=r.num("latency_ms", 0.0),
+        failure_rate=r.num("failure_rate", 0.0),
+    )
+    if provider.failure_rate > 1:
+        r.fail(r.at("failure_rate"), f"must be a number from 0 to 1, got {provider.failure_rate}")
+    r.done()
+    return provider
+
+
+def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Group:
+    r = Reader(item, path, errors)
+    name = r.str("name")
+    models: list[ModelRef] = []
+    for mpath, m in r.items("models", required=True):
+        mr = Reader(m, mpath, errors)
+        ref = ModelRef(
+            provider=mr.str("provider"),
+            name=mr.str("name"),
+            weight=mr.num("weight", 1.0),
+            input_cost=mr.num("input_cost", 0.0),
+            output_cost=mr.num("output_cost", 0.0),
+        )
+        if mr.ok and ref.provider and ref.provider not in providers:
+            mr.fail(mr.at("provider"), f"no provider named {ref.provider!r}")
+        mr.done()
+        models.append(ref)
+    if r.ok and not models and "models" in r.data:
+        r.fail(r.at("models"), "must list at least one model")
+    strategy = r.str("strategy", "lowest-usage")
+    if strategy not in STRATEGIES:
+        r.fail(r.at("strategy"), f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    group = Group(
+        name=name,
+        models=tuple(models),
+        strategy=strategy,
+        hedge_after=r.num("hedge_after", None, above=True),
+    )
+    r.done()
+    return group
+
+
+def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
+    r = Reader(item, path, errors)
+    key = ClientKey(
+        name=r.str("name"),
+        key=r.str("key"),
+        rpm=r.num("rpm", None, integer=True, minimum=1),
+        tpm=r.num("tpm", None, integer=True, minimum=1),
+        budget_usd=r.num("budget_usd", None),
+        budget_period=r.str("budget_period", "day", choices=("day", "month")),
+    )
+    r.done()
+    return key
+
+
+def _retry(r: Reader) -> Retry:
+    out = Retry(
+        attempts=r.num("attempts", 3, integer=True, minimum=1),
+        backoff=r.num("backoff", 0.1),
+        max_backoff=r.num("max_backoff", 5.0),
+        wait=r.num("wait", 0.0),
+    )
+    r.done()
+    return out
+
+
+def _breaker(r: Reader) -> Breaker:
+    out = Breaker(
+        failures=r.num("failures", 5, integer=True, minimum=1),
+        cooldown=r.num("cooldown", 30.0),
+    )
+    r.done()
+    return out
+
+
+def _cache(r: Reader) -> Cache:
+    out = Cache(
+        backend=r.str("backend", "none", choices=("none", "memory", "redis")),
+        ttl=r.num("ttl", 3600.0),
+        max_entries=r.num("max_entries", 10000, integer=True, minimum=1),
+    )
+    r.done()
+    return out
+
+
+def _state(r: Reader) -> State:
+    out = State(
+        backend=r.str("backend", "memory", choices=("memory", "redis")),
+        redis_url=r.str("redis_url", "redis://127.0.0.1:6379/0"),
+        prefix=r.str("prefix", "llm-router"),
+    )
+    r.done()
+    return out
+
+
+def _cors(r: Reader) -> Cors:
+    origins: list[str] = []
+    for path, o in r.items("allow_origins"):
+        if isinstance(o, str) and o:
+            origins.append(o.rstrip("/"))
+        else:
+            r.fail(path, f"must be an origin like https://app.example.com or *, got {o!r}")
+    out = Cors(
+        allow_origins=tuple(origins) if "allow_origins" in r.data else ("*",),
+        allow_credentials=r.bool("allow_credentials", False),
+    )
+    r.done()
+    return out
+
+
+def _compression(r: Reader) -> Compression:
+    out = Compression(
+        enabled=r.bool("enabled", True),
+        min_bytes=r.num("min_bytes", 1024, integer=True),
+    )
+    r.done()
+    return out
+
+
+def _logging(r: Reader) -> Logging:
+    out = Logging(
+        level=r.str("level", "info", choices=("debug", "info", "warning", "error")),
+        format=r.str("format", "text", choices=("text", "json")),
+    )
+    r.done()
+    return out
+
+
+def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """--config, else $LLM_ROUTER_CONFIG, else ./config.yaml, else ./config.json, else None."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit
+    if env.get("LLM_ROUTER_CONFIG"):
+        return env["LLM_ROUTER_CONFIG"]
+    for name in ("config.yaml", "config.yml", "config.json"):
+        if Path(name).is_file():
+            return name
+    return None

@@ -1,0 +1,36 @@
+"""Typed keys for what an app and a request carry: the app's state lives here, not in globals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import aiohttp
+from aiohttp import web
+
+from router.auth import Authenticator
+from router.balancer import Balancer
+from router.config import Config
+from router.state import StateBackend
+from router.upstream import Upstream
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything built from one config; SIGHUP swaps it whole."""
+
+    config: Config
+    auth: Authenticator
+    balancer: Balancer
+
+
+@dataclass
+class Live:
+    runtime: Runtime
+
+
+LIVE = web.AppKey("live", Live)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+STATE = web.AppKey[StateBackend]("state")
+UPSTREAMS = web.AppKey[dict[str, Upstream]]("upstreams")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT = web.RequestKey("client", str)

@@ -1,0 +1,190 @@
+"""The built-in `mock` provider: OpenAI-shaped echo replies with honest token counts, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from router.balancer import Target
+
+
+def count_tokens(text: str) -> int:
+    """About four characters a token, as the OpenAI tokenizers average on English."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_text_of(v.get("text", "") if isinstance(v, dict) else v) for v in value)
+    if isinstance(value, dict):
+        return _text_of(value.get("content", value.get("text", "")))
+    return ""
+
+
+class MockReply:
+    def __init__(self, status: int, payload: bytes | list[bytes], stream: bool) -> None:
+        self.status = status
+        ctype = "text/event-stream" if stream and status == 200 else "application/json"
+        self.headers: Mapping[str, str] = {"Content-Type": ctype}
+        self._payload = payload
+
+    async def read(self) -> bytes:
+        p = self._payload
+        return p if isinstance(p, bytes) else b"".join(p)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if isinstance(self._payload, bytes):
+            yield self._payload
+            return
+        for event in self._payload:
+            await asyncio.sleep(0)  # a real yield point, as a network stream has
+            yield event
+
+    def close(self) -> None:
+        pass
+
+
+class MockUpstream:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+
+    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> MockReply:
+        p = target.provider
+        if p.latency_ms:
+            await asyncio.sleep(p.latency_ms / 1000)
+        if p.failure_rate and self.rng.random() < p.failure_rate:
+            err = {"error": {"message": "mock failure", "type": "server_error", "param": None,
+                             "code": "mock_failure"}}  # fmt: skip
+            return MockReply(500, orjson.dumps(err), False)
+        req = orjson.loads(body)
+        model = req.get("model", target.model.name)
+        if path == "/embeddings":
+            return MockReply(200, _embeddings(req, model), False)
+        if path == "/chat/completions":
+            prompt = " ".join(_text_of(m) for m in req.get("messages") or [])
+            last = next(
+                (_text_of(m) for m in reversed(req.get("messages") or []) if m.get("role") == "user"),
+                "",
+            )
+        else:  # /completions and /responses take `prompt` or `input`
+            prompt = last = _text_of(req.get("prompt", req.get("input", "")))
+        answer = f"[MOCK] {last}".strip()
+        usage = {
+            "prompt_tokens": count_tokens(prompt),
+            "completion_tokens": count_tokens(answer),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if path == "/responses":
+            return MockReply(200, _response(model, answer, usage), False)
+        if stream:
+            include = bool((req.get("stream_options") or {}).get("include_usage"))
+            return MockReply(200, _stream(path, model, answer, usage, include), True)
+        return MockReply(200, _completion(path, model, answer, usage), False)
+
+
+def _ident(prefix: str) -> str:
+    return f"{prefix}-mock{time.time_ns():x}"
+
+
+def _completion(path: str, model: str, answer: str, usage: dict[str, int]) -> bytes:
+    if path == "/chat/completions":
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": answer},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}
+        obj = "text_completion"
+    return orjson.dumps(
+        {"id": _ident("cmpl"), "object": obj, "created": int(time.time()), "model": model,
+         "choices": [choice], "usage": usage}  # fmt: skip
+    )
+
+
+def _stream(
+    path: str, model: str, answer: str, usage: dict[str, int], include_usage: bool
+) -> list[bytes]:
+    chat = path == "/chat/completions"
+    ident, created = _ident("chatcmpl" if chat else "cmpl"), int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    words = answer.split(" ")
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    def event(choice: dict[str, Any] | None, usage_: dict[str, int] | None = None) -> bytes:
+        chunk: dict[str, Any] = {"id": ident, "object": obj, "created": created, "model": model,
+                                 "choices": [choice] if choice else []}  # fmt: skip
+        if include_usage:
+            chunk["usage"] = usage_
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def choice(text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
+        if not chat:
+            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
+        if not first and text:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    events = [event(choice("", None, first=True))] if chat else []
+    events += [event(choice(piece, None)) for piece in pieces]
+    events.append(event(choice("", "stop")))
+    if include_usage:
+        events.append(event(None, usage))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _embeddings(req: dict[str, Any], model: str) -> bytes:
+    inputs = req.get("input", "")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    data, tokens = [], 0
+    for i, item in enumerate(items):
+        text = item if isinstance(item, str) else orjson.dumps(item).decode()
+        tokens += count_tokens(text)
+        seed = hashlib.sha256(text.encode()).digest()
+        vector = [round((b - 127.5) / 127.5, 6) for b in seed[:16]]
+        embedding: Any = vector
+        if req.get("encoding_format") == "base64":  # what the openai SDKs ask for by default
+            embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+def _response(model: str, answer: str, usage: dict[str, int]) -> bytes:
+    return orjson.dumps(
+        {
+            "id": _ident("resp"),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": _ident("msg"),
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": answer, "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": usage["prompt_tokens"],
+                "output_tokens": usage["completion_tokens"],
+                "total_tokens": usage["total_tokens"],
+            },
+        }
+    )

@@ -1,0 +1,103 @@
+"""The request body: parsed once, then rewritten by splicing bytes so the rest stays exact."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from router.errors import BadRequest
+
+# A JSON string token, or one structural character: enough to track nesting depth.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]', re.S)
+_AFTER_KEY = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")', re.S)
+_DEFAULT_COMPLETION = 512  # reserved when the request sets no max_tokens
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise BadRequest("We could not parse the JSON body of your request: the body is empty.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"We could not parse the JSON body of your request ({exc.msg}). "
+            "Send valid JSON with 'Content-Type: application/json'."
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise BadRequest("you must provide a model parameter", param="model")
+    if not isinstance(model, str):
+        raise BadRequest("'model' must be a string.", param="model", code="invalid_type")
+    return body
+
+
+def _model_value_span(raw: bytes, model: str) -> tuple[int, int] | None:
+    """Byte span of the top-level "model" value (quotes included)."""
+
+    def value_after(key_end: int) -> tuple[int, int] | None:
+        m = _AFTER_KEY.match(raw, key_end)
+        if m and orjson.loads(m.group(1)) == model:
+            return m.start(1), m.end(1)
+        return None
+
+    # Fast path: a body that spells "model" once has it only as the top-level key.
+    first = raw.find(b'"model"')
+    if first >= 0 and raw.find(b'"model"', first + 7) < 0:
+        return value_after(first + 7)
+    depth = 0
+    for tok in _TOKENS.finditer(raw):
+        t = tok.group()
+        if t in (b"{", b"["):
+            depth += 1
+        elif t in (b"}", b"]"):
+            depth -= 1
+        elif depth == 1 and t == b'"model"':
+            span = value_after(tok.end())
+            if span:
+                return span
+    return None
+
+
+def rewrite(raw: bytes, body: dict[str, Any], upstream_model: str, add_usage: bool) -> bytes:
+    """Set `model` (and `stream_options.include_usage` when asked), leaving every other byte."""
+    out = None
+    if upstream_model == body["model"]:
+        out = raw
+    else:
+        span = _model_value_span(raw, body["model"])
+        if span:
+            out = raw[: span[0]] + orjson.dumps(upstream_model) + raw[span[1] :]
+    if add_usage and "stream_options" in body:
+        out = None  # the client sent stream_options without include_usage: merge into it
+    elif add_usage and out is not None:
+        start = out.index(b"{") + 1
+        out = out[:start] + b'"stream_options":{"include_usage":true},' + out[start:]
+    if out is None:  # unusual spelling: fall back to one re-serialisation
+        copy = dict(body, model=upstream_model)
+        if add_usage:
+            options = body.get("stream_options")
+            copy["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                      "include_usage": True}  # fmt: skip
+        out = orjson.dumps(copy)
+    return out
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def estimate(raw: bytes, body: dict[str, Any], embeddings: bool) -> float:
+    """Tokens to reserve while a request is in flight: prompt estimate plus its output budget."""
+    prompt = len(raw) / 4
+    if embeddings:
+        return prompt
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        v = body.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return prompt + v
+    return prompt + _DEFAULT_COMPLETION

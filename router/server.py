@@ -1,0 +1,116 @@
+"""Running the app: one process or N on one port, SIGTERM drain, SIGHUP reload."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from router.app import build_runtime, create_app
+from router.config import Config, is_loopback, load
+from router.demo import demo_config
+from router.keys import LIVE, STATE
+from router.logs import setup_logging
+from router.schema import ConfigError
+
+log = logging.getLogger("router")
+# Settings a running server cannot change in place; a reload that changes them says so.
+_FIXED = ("host", "port", "state", "cors", "max_body_bytes")
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
+    config = load(path) if path else demo_config()
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def check_exposure(config: Config) -> None:
+    if config.auth_required:
+        return
+    if not is_loopback(config.host):
+        raise ConfigError(
+            [f"api_key: required when listening on {config.host}; set api_key or "
+             "api_keys (or LLM_ROUTER_API_KEY for the demo config)"]  # fmt: skip
+        )
+    log.warning(
+        "NO CLIENT KEY IS SET: anyone who can reach %s:%d may use this router. "
+        "Set api_key (or LLM_ROUTER_API_KEY) to require one.",
+        config.host,
+        config.port,
+    )
+
+
+async def run(config: Config, path: str | None, overrides: dict[str, Any], reuse_port: bool) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that hangs up cancels its upstream call
+        access_log=None,  # ours is written by the middleware
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
+    await site.start()
+    log.info("llm-router serving %s on http://%s:%d", config.source, config.host, config.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, app, path, overrides)
+    try:
+        await stop.wait()
+        log.info("draining in-flight requests for up to %gs", config.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def reload(app: web.Application, path: str | None, overrides: dict[str, Any]) -> None:
+    live = app[LIVE]
+    try:
+        new = load_config(path, overrides)
+    except ConfigError as exc:
+        log.error("reload refused, still serving the old config:\n  %s", "\n  ".join(exc.errors))
+        return
+    old = live.runtime.config
+    for name in _FIXED:
+        if getattr(old, name) != getattr(new, name):
+            log.warning("reload: %s changed; it takes effect only after a restart", name)
+    live.runtime = build_runtime(new, app[STATE])
+    log.info("reloaded %s: %d groups", new.source, len(new.groups))
+
+
+def _worker(config: Config, path: str | None, overrides: dict[str, Any]) -> None:
+    setup_logging(config.logging)
+    asyncio.run(run(config, path, overrides, reuse_port=True))
+
+
+def serve(config: Config, path: str | None, overrides: dict[str, Any], workers: int = 1) -> int:
+    check_exposure(config)
+    if workers <= 1:
+        asyncio.run(run(config, path, overrides, reuse_port=False))
+        return 0
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(config, path, overrides), name=f"worker-{i}")
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)

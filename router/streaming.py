@@ -1,0 +1,169 @@
+"""SSE relay: upstream events reach the client as they arrive, with usage read on the way.
+
+The client's response is not started until the upstream's first complete event is in hand,
+so a stream that fails before then can still be retried elsewhere. After that, a failure
+can only be reported in-band: an OpenAI-shaped `data: {"error": ...}` event, never `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from aiohttp.tcp_helpers import tcp_nodelay
+
+from router.compression import StreamCompressor
+from router.errors import UpstreamError, error_body
+from router.upstream import Reply
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass
+class StreamOutcome:
+    used: float | None = None  # usage.total_tokens reported by the upstream
+    events: int = 0
+    error: str | None = None  # why the stream ended badly, if it did
+    client_gone: bool = False
+
+
+class _Events:
+    """Splits an upstream byte stream into runs of complete SSE events."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    async def next(self) -> bytes | None:
+        """The next run of complete events; at EOF whatever is left; None when done."""
+        async for chunk in self._chunks:
+            buf = self._buf + chunk if self._buf else chunk
+            end = buf.rfind(b"\n\n")
+            if end < 0 and b"\r" in buf:
+                ends = list(_EVENT_END.finditer(buf))
+                end = ends[-1].end() - 2 if ends else -1
+            if end < 0:
+                self._buf = buf
+                continue
+            self._buf = buf[end + 2 :]
+            return buf[: end + 2]
+        rest, self._buf = self._buf, b""
+        return rest or None
+
+
+class Relay:
+    def __init__(self, reply: Reply, *, strip_usage: bool, needs_done: bool) -> None:
+        self.reply = reply
+        self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
+        self.needs_done = needs_done  # chat/completions end with [DONE]; responses do not
+        self.outcome = StreamOutcome()
+        self._events = _Events(reply.chunks())
+        self._done = False
+
+    def _inspect(self, run: bytes) -> bytes:
+        """Read usage, [DONE] and error events from a run; return the bytes to forward."""
+        if b"[DONE]" not in run and b'"usage"' not in run and b'"error"' not in run:
+            self.outcome.events += run.count(b"data:")
+            return run
+        kept = []
+        for event in _EVENT_END.split(run):
+            if not event:
+                continue
+            data = b"".join(
+                line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
+            )
+            keep = True
+            if data == b"[DONE]":
+                self._done = True
+            elif data.startswith(b"{") and (b'"usage"' in data or b'"error"' in data):
+                keep = self._json_event(data)
+            self.outcome.events += 1 if data else 0
+            if keep:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def _json_event(self, data: bytes) -> bool:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        if obj.get("error") is not None and "choices" not in obj:
+            self.outcome.error = "upstream sent an error event"
+            return True
+        usage = obj.get("usage")
+        if usage is None and isinstance(obj.get("response"), dict):
+            usage = obj["response"].get("usage")  # the Responses API's response.completed
+        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int | float):
+            self.outcome.used = max(self.outcome.used or 0, usage["total_tokens"])
+            if self.strip_usage and obj.get("choices") == []:
+                return False
+        return True
+
+    async def first(self) -> bytes:
+        """Wait for the first complete event; raises UpstreamError if the stream fails first."""
+        while True:
+            run = await self._events.next()
+            if run is None:
+                raise UpstreamError("stream ended before its first event")
+            out = self._inspect(run)
+            if self.outcome.error:
+                raise UpstreamError(self.outcome.error)
+            if out:
+                return out
+
+    async def relay(
+        self,
+        request: web.Request,
+        first: bytes,
+        headers: Mapping[str, str],
+        encoding: str | None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.headers["Cache-Control"] = "no-cache"
+        packer = StreamCompressor(encoding) if encoding else None
+        if packer:
+            resp.headers["Content-Encoding"] = encoding or ""
+        await resp.prepare(request)
+        if request.transport is not None:
+            tcp_nodelay(request.transport, True)  # an event must not wait for the next one
+        run: bytes | None = first
+        try:
+            while run is not None:
+                if run:
+                    await resp.write(packer.feed(run) if packer else run)
+                if self.outcome.error:
+                    break
+                run = await self._events.next()
+                run = self._inspect(run) if run is not None else None
+            if not self.outcome.error and self.needs_done and not self._done:
+                self.outcome.error = "upstream stream ended before [DONE]"
+        except UpstreamError as exc:
+            self.outcome.error = exc.reason
+        except ConnectionResetError:  # the client left; the caller closes the upstream
+            self.outcome.client_gone = True
+            return resp
+        try:
+            tail = b""
+            if self.outcome.error and not self._sent_error_event():
+                tail = b"data: " + _error_payload(self.outcome.error) + b"\n\n"
+            if packer:
+                tail = packer.feed(tail) + packer.finish() if tail else packer.finish()
+            if tail:
+                await resp.write(tail)
+            await resp.write_eof()
+        except ConnectionResetError:
+            self.outcome.client_gone = True
+        return resp
+
+    def _sent_error_event(self) -> bool:
+        # An upstream error event was already forwarded as it came; do not add a second.
+        return self.outcome.error == "upstream sent an error event"
+
+
+def _error_payload(reason: str) -> bytes:
+    return error_body(f"The upstream stream failed: {reason}", "upstream_error", None, "stream_error")

@@ -1,0 +1,106 @@
+"""Calls to providers over the app's one pooled ClientSession.
+
+aiohttp's client errors are translated into ours here and nowhere else, both around the
+request (before headers) and around reading the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import aiohttp
+
+from router.balancer import Target
+from router.errors import UpstreamError, UpstreamTimeout
+
+
+class Reply(Protocol):
+    """An upstream response whose headers have arrived; the body is read or iterated once."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply: ...
+
+
+def _translate(exc: BaseException, when: str) -> UpstreamError:
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(f"timed out {when}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(f"connect failed ({exc.os_error.strerror or 'refused'})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return UpstreamError(f"connection reset {when}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError(f"body truncated {when}")
+    return UpstreamError(f"{type(exc).__name__} {when}")
+
+
+class HttpReply:
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, "while reading the body") from None
+        finally:
+            self._resp.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, "mid-stream") from None
+
+    def close(self) -> None:
+        # Closing (not releasing) drops a half-read connection instead of reusing it.
+        if not self._resp.closed:
+            self._resp.close()
+
+
+class HttpUpstream:
+    """OpenAI-compatible providers: POST the body to base_url + path with the target's key."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self._headers: dict[str, dict[str, str]] = {}
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+
+    def _prepared(self, target: Target) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
+        headers = self._headers.get(target.id)
+        if headers is None:
+            p = target.provider
+            headers = {"Content-Type": "application/json", **p.headers}
+            if target.key.secret:
+                headers["Authorization"] = f"Bearer {target.key.secret}"
+            self._headers[target.id] = headers
+            self._timeouts[target.id] = aiohttp.ClientTimeout(
+                total=p.timeout,
+                connect=p.connect_timeout,
+                sock_read=max(p.idle_timeout, p.first_byte_timeout),
+            )
+        return headers, self._timeouts[target.id]
+
+    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply:
+        headers, timeout = self._prepared(target)
+        url = target.provider.base_url + path
+        try:
+            async with asyncio.timeout(target.provider.first_byte_timeout):
+                resp = await self.session.post(url, data=body, headers=headers, timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _translate(exc, "before response headers") from None
+        return HttpReply(resp)
