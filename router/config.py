@@ -366,6 +366,8 @@ def _cors(r: Reader) -> Cors:
         allow_origins=tuple(origins) if "allow_origins" in r.data else ("*",),
         allow_credentials=r.bool("allow_credentials", False),
     )
+    if out.allow_credentials and "*" in out.allow_origins:
+        r.fail(r.at("allow_credentials"), "cannot be true while allow_origins has *")
     r.done()
     return out
 
