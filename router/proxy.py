@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -96,6 +97,7 @@ async def _attempt(
     used: float | None = None
     failed = True
     reply: Reply | None = None
+    relay: Relay | None = None
     try:
         reply = await request.app[UPSTREAMS][target.provider.type].send(
             target, call.path, out, call.stream
@@ -116,15 +118,15 @@ async def _attempt(
             relay = Relay(reply, strip_usage=add_usage, needs_done=call.path != "/responses")
             first = await relay.first()
             resp = await relay.relay(request, first, _headers(reply, target, call), encoding)
-            used = relay.outcome.used
-            if used is None:  # aborted before the usage chunk: count what we saw
-                used = call.reserve / 2 + relay.outcome.events
-            failed = relay.outcome.error is not None
+            failed = relay.outcome.error is not None and not relay.outcome.client_gone
             return resp
         data = await reply.read()
         used = _usage_of(data)
         failed = False
         return web.Response(status=reply.status, body=data, headers=_headers(reply, target, call))
+    except asyncio.CancelledError:  # the client hung up: not the upstream's failure
+        failed = False
+        raise
     except UpstreamError as exc:
         call.attempts.append(Attempt(target, exc.reason, exc.upstream_status))
         if isinstance(exc, UpstreamTimeout):
@@ -133,6 +135,10 @@ async def _attempt(
     finally:
         if reply is not None:
             reply.close()
+        if relay is not None:
+            used = relay.outcome.used
+            if used is None:  # ended (or the client left) before the usage chunk: estimate
+                used = call.reserve / 2 + relay.outcome.events
         await balancer.finish(target, call.reserve, used or 0.0, failed)
 
 
