@@ -1,0 +1,181 @@
+"""The command line, run as real subprocesses: check, serve with the demo config, drain, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from tests.fakes import BackgroundLoop, FakeProvider, config_tree, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=60,
+    )  # fmt: skip
+
+
+def test_check_lists_targets_without_secrets() -> None:
+    out = run_cli("check", "config.example.yaml", env={"OPENAI_API_KEY": "sk-very-secret"})
+    assert out.returncode == 0, out.stderr
+    assert "group fast-model" in out.stdout and "key=team-a" in out.stdout
+    assert "sk-very-secret" not in out.stdout + out.stderr
+
+
+def test_check_reports_every_error_with_its_path(tmp_path: Path) -> None:
+    tree = config_tree(["http://127.0.0.1:1/v1"])
+    tree["groups"][0]["models"][0]["weight"] = "x"
+    tree["bogus"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    out = run_cli("check", "--config", str(path))
+    assert out.returncode == 1
+    assert 'groups[0].models[0].weight: must be a number >= 0, got "x"' in out.stderr
+    assert "bogus: unknown key" in out.stderr
+
+
+class Server:
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--port", str(self.port), *args],
+            cwd=cwd, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"router did not start: {self.proc.communicate()[0]}")
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out
+
+
+def test_demo_config_answers_with_no_config_anywhere(tmp_path: Path) -> None:
+    env = {k: "" for k in ("LLM_ROUTER_CONFIG", "LLM_ROUTER_API_KEY", "OPENAI_API_KEY")}
+    server = Server([], cwd=tmp_path, env=env)
+    try:
+        r = httpx.post(server.url + "/v1/chat/completions", json={
+            "model": "demo", "messages": [{"role": "user", "content": "ping"}]})  # fmt: skip
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"] == "[MOCK] ping"
+        assert r.json()["usage"]["total_tokens"] > 0
+        models = httpx.get(server.url + "/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["demo", "demo-fast"]
+    finally:
+        code, out = server.stop()
+    assert code == 0
+    assert "NO CLIENT KEY" in out
+
+
+def test_demo_config_requires_a_key_off_loopback(tmp_path: Path) -> None:
+    out = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), cwd=tmp_path,
+                  env={"LLM_ROUTER_API_KEY": "", "LLM_ROUTER_CONFIG": ""})  # fmt: skip
+    assert out.returncode == 1
+    assert "api_key: required" in out.stderr
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[tuple[FakeProvider, str, BackgroundLoop]]:
+    from aiohttp import web
+
+    bg = BackgroundLoop()
+    fake = FakeProvider()
+    runner = web.AppRunner(fake.app())
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    port = bg.run(start())
+    yield fake, f"http://127.0.0.1:{port}/v1", bg
+    bg.run(runner.cleanup())
+    bg.close()
+
+
+def test_sigterm_drains_an_open_stream(tmp_path: Path, fake_upstream: tuple) -> None:
+    fake, url, bg = fake_upstream
+    fake.gate = bg.run(_event())
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_tree([url], shutdown_timeout=20)))
+    server = Server(["--config", str(path)], cwd=tmp_path)
+    headers = {"Authorization": "Bearer alice-secret"}
+    body = {"model": "g", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers,
+                      timeout=30) as r:  # fmt: skip
+        lines = r.iter_lines()
+        first = next(line for line in lines if line)
+        assert '"Hel"' in first
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # New connections are refused while the open stream goes on.
+        with pytest.raises(httpx.TransportError):
+            httpx.get(server.url + "/health", timeout=2)
+        bg.loop.call_soon_threadsafe(fake.gate.set)
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    code, out = server.stop()
+    assert code == 0, out
+
+
+async def _event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+def test_sighup_reloads_and_refuses_a_broken_config(tmp_path: Path, fake_upstream: tuple) -> None:
+    _, url, _ = fake_upstream
+    path = tmp_path / "config.json"
+    tree = config_tree([url])
+    path.write_bytes(orjson.dumps(tree))
+    server = Server(["--config", str(path)], cwd=tmp_path)
+    headers = {"Authorization": "Bearer alice-secret"}
+
+    def groups() -> list[str]:
+        data = httpx.get(server.url + "/v1/models", headers=headers).json()["data"]
+        return [m["id"] for m in data]
+
+    def wait_for(expected: list[str]) -> None:
+        deadline = time.monotonic() + 10
+        while groups() != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert groups() == expected
+
+    try:
+        tree["groups"].append({"name": "h", "models": [{"provider": "p0", "name": "x"}]})
+        path.write_bytes(orjson.dumps(tree))
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(["g", "h"])
+        path.write_text('{"groups": [{"name": "broken", "models": [{"weight": "x"}]}]')
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert groups() == ["g", "h"]  # the old config keeps serving
+        r = httpx.post(server.url + "/v1/chat/completions", json={"model": "g"}, headers=headers)
+        assert r.status_code == 200
+    finally:
+        code, out = server.stop()
+    assert "reload refused" in out
+    assert code == 0
