@@ -82,8 +82,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             raise
         response = error_response(from_http_exception(exc))
     except Exception:  # a bug of ours: still an OpenAI-shaped answer, and a traceback in the log
-        log.exception("unhandled error in %s %s [%s]", request.method, request.path,
-                      rid)  # fmt: skip
+        log.exception("unhandled error in %s %s [%s]", request.method, request.path, rid)
         response = error_response(RouterError("The router hit an internal error."))
     if not response.prepared and isinstance(response, web.Response):
         _maybe_compress(request, response, runtime.config)
@@ -167,7 +166,7 @@ def create_app(config: Config, *, state: StateBackend | None = None) -> web.Appl
     for method in METHODS:
         catch_all.add_route(method, not_found)
 
-    options = aiohttp_cors.ResourceOptions(
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_credentials=config.cors.allow_credentials,
         expose_headers=EXPOSED,
         allow_headers="*",

@@ -1,4 +1,4 @@
-"""Response compression: br or gzip chosen by Accept-Encoding q-values, whole bodies or per event."""
+"""Response compression: br or gzip by Accept-Encoding q-values, whole bodies or per event."""
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         errors.append("groups: is required")
 
     clients: list[ClientKey] = []
-    single = top.str("api_key", None)
+    single = top.text("api_key", None)
     if single:  # `api_key: ${KEY:-}` left empty means "no key", as if it were absent
         clients.append(ClientKey(name="default", key=single))
     for path, item in top.items("api_keys"):
@@ -198,7 +198,7 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     cfg = Config(
         groups=groups,
         providers=providers,
-        host=top.str("host", "127.0.0.1"),
+        host=top.text("host", "127.0.0.1"),
         port=top.num("port", 8080, integer=True),
         client_keys=tuple(clients),
         request_penalty=top.num("request_penalty", 0.0),
@@ -210,13 +210,23 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         state=_state(top.mapping("state")),
         cors=_cors(top.mapping("cors")),
         compression=_compression(top.mapping("compression")),
-        usage_log=top.str("usage_log", None),
+        usage_log=top.text("usage_log", None),
         logging=_logging(top.mapping("logging")),
         shutdown_timeout=top.num("shutdown_timeout", 30.0),
         max_body_bytes=top.num("max_body_bytes", 32 * 1024 * 1024, integer=True, minimum=1),
         source=source,
     )
     top.done()
+    # Settings whose features are not built yet: refusing them beats ignoring them.
+    unbuilt = [
+        ("cache.backend", cfg.cache.backend != "none"),
+        ("state.backend", cfg.state.backend != "memory"),
+        ("usage_log", cfg.usage_log is not None),
+    ]
+    unbuilt += [
+        (f"groups[{i}].hedge_after", g.hedge_after is not None) for i, g in enumerate(cfg.groups)
+    ]
+    errors.extend(f"{path}: not supported by this version yet" for path, on in unbuilt if on)
     if cfg.port > 65535:
         errors.append(f"port: must be an integer from 0 to 65535, got {cfg.port}")
     if errors:
@@ -226,9 +236,9 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
 
 def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
-    name = r.str("name")
-    ptype = r.str("type", "openai", choices=("openai", "mock"))
-    base_url = r.str("base_url", "" if ptype == "mock" else None)
+    name = r.text("name")
+    ptype = r.text("type", "openai", choices=("openai", "mock"))
+    base_url = r.text("base_url", "" if ptype == "mock" else None)
     if base_url and not base_url.startswith(("http://", "https://")):
         r.fail(r.at("base_url"), f"must start with http:// or https://, got {base_url!r}")
     keys: list[ProviderKey] = []
@@ -240,8 +250,8 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         kr = Reader(k, kpath, errors)
         keys.append(
             ProviderKey(
-                secret=kr.str("key"),
-                label=kr.str("name", label),
+                secret=kr.text("key"),
+                label=kr.text("name", label),
                 rpm=kr.num("rpm", None, integer=True, minimum=1),
                 tpm=kr.num("tpm", None, integer=True, minimum=1),
             )
@@ -271,13 +281,13 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
 
 def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Group:
     r = Reader(item, path, errors)
-    name = r.str("name")
+    name = r.text("name")
     models: list[ModelRef] = []
     for mpath, m in r.items("models", required=True):
         mr = Reader(m, mpath, errors)
         ref = ModelRef(
-            provider=mr.str("provider"),
-            name=mr.str("name"),
+            provider=mr.text("provider"),
+            name=mr.text("name"),
             weight=mr.num("weight", 1.0),
             input_cost=mr.num("input_cost", 0.0),
             output_cost=mr.num("output_cost", 0.0),
@@ -288,7 +298,7 @@ def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Grou
         models.append(ref)
     if r.ok and not models and "models" in r.data:
         r.fail(r.at("models"), "must list at least one model")
-    strategy = r.str("strategy", "lowest-usage")
+    strategy = r.text("strategy", "lowest-usage")
     if strategy not in STRATEGIES:
         r.fail(r.at("strategy"), f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     group = Group(
@@ -304,12 +314,12 @@ def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Grou
 def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
     r = Reader(item, path, errors)
     key = ClientKey(
-        name=r.str("name"),
-        key=r.str("key"),
+        name=r.text("name"),
+        key=r.text("key"),
         rpm=r.num("rpm", None, integer=True, minimum=1),
         tpm=r.num("tpm", None, integer=True, minimum=1),
         budget_usd=r.num("budget_usd", None),
-        budget_period=r.str("budget_period", "day", choices=("day", "month")),
+        budget_period=r.text("budget_period", "day", choices=("day", "month")),
     )
     r.done()
     return key
@@ -337,7 +347,7 @@ def _breaker(r: Reader) -> Breaker:
 
 def _cache(r: Reader) -> Cache:
     out = Cache(
-        backend=r.str("backend", "none", choices=("none", "memory", "redis")),
+        backend=r.text("backend", "none", choices=("none", "memory", "redis")),
         ttl=r.num("ttl", 3600.0),
         max_entries=r.num("max_entries", 10000, integer=True, minimum=1),
     )
@@ -347,9 +357,9 @@ def _cache(r: Reader) -> Cache:
 
 def _state(r: Reader) -> State:
     out = State(
-        backend=r.str("backend", "memory", choices=("memory", "redis")),
-        redis_url=r.str("redis_url", "redis://127.0.0.1:6379/0"),
-        prefix=r.str("prefix", "llm-router"),
+        backend=r.text("backend", "memory", choices=("memory", "redis")),
+        redis_url=r.text("redis_url", "redis://127.0.0.1:6379/0"),
+        prefix=r.text("prefix", "llm-router"),
     )
     r.done()
     return out
@@ -364,7 +374,7 @@ def _cors(r: Reader) -> Cors:
             r.fail(path, f"must be an origin like https://app.example.com or *, got {o!r}")
     out = Cors(
         allow_origins=tuple(origins) if "allow_origins" in r.data else ("*",),
-        allow_credentials=r.bool("allow_credentials", False),
+        allow_credentials=r.flag("allow_credentials", False),
     )
     if out.allow_credentials and "*" in out.allow_origins:
         r.fail(r.at("allow_credentials"), "cannot be true while allow_origins has *")
@@ -374,7 +384,7 @@ def _cors(r: Reader) -> Cors:
 
 def _compression(r: Reader) -> Compression:
     out = Compression(
-        enabled=r.bool("enabled", True),
+        enabled=r.flag("enabled", True),
         min_bytes=r.num("min_bytes", 1024, integer=True),
     )
     r.done()
@@ -383,8 +393,8 @@ def _compression(r: Reader) -> Compression:
 
 def _logging(r: Reader) -> Logging:
     out = Logging(
-        level=r.str("level", "info", choices=("debug", "info", "warning", "error")),
-        format=r.str("format", "text", choices=("text", "json")),
+        level=r.text("level", "info", choices=("debug", "info", "warning", "error")),
+        format=r.text("format", "text", choices=("text", "json")),
     )
     r.done()
     return out

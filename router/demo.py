@@ -28,7 +28,10 @@ def demo_tree(env: Mapping[str, str]) -> dict[str, Any]:
         {
             "name": "mock",
             "type": "mock",
-            "api_keys": [{"key": "mock-key-a", "name": "mock-a"}, {"key": "mock-key-b", "name": "mock-b"}],
+            "api_keys": [
+                {"key": "mock-key-a", "name": "mock-a"},
+                {"key": "mock-key-b", "name": "mock-b"},
+            ],
             "latency_ms": 20,
         }
     ]

@@ -1,15 +1,15 @@
 """Our exceptions and the one place that renders them as OpenAI error envelopes.
 
-    RouterError                   any error we answer ourselves (status, type, code)
-    ├── BadRequest                400 invalid_request_error
-    ├── Unauthorized              401 invalid_api_key
-    ├── NotFound                  404 (unknown path, unknown model: model_not_found)
-    ├── MethodNotAllowed          405
-    ├── PayloadTooLarge           413
-    ├── RateLimited               429 rate_limit_exceeded / insufficient_quota (Retry-After)
-    ├── ServiceUnavailable        503 (every target open or cooling down, Retry-After)
-    └── UpstreamError             a failed upstream attempt; 502 unless it says otherwise
-        └── UpstreamTimeout       504
+RouterError                   any error we answer ourselves (status, type, code)
+├── BadRequest                400 invalid_request_error
+├── Unauthorized              401 invalid_api_key
+├── NotFound                  404 (unknown path, unknown model: model_not_found)
+├── MethodNotAllowed          405
+├── PayloadTooLarge           413
+├── RateLimited               429 rate_limit_exceeded / insufficient_quota (Retry-After)
+├── ServiceUnavailable        503 (every target open or cooling down, Retry-After)
+└── UpstreamError             a failed upstream attempt; 502 unless it says otherwise
+    └── UpstreamTimeout       504
 """
 
 from __future__ import annotations

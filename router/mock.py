@@ -63,8 +63,14 @@ class MockUpstream:
         if p.latency_ms:
             await asyncio.sleep(p.latency_ms / 1000)
         if p.failure_rate and self.rng.random() < p.failure_rate:
-            err = {"error": {"message": "mock failure", "type": "server_error", "param": None,
-                             "code": "mock_failure"}}  # fmt: skip
+            err = {
+                "error": {
+                    "message": "mock failure",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "mock_failure",
+                }
+            }
             return MockReply(500, orjson.dumps(err), False)
         req = orjson.loads(body)
         model = req.get("model", target.model.name)
@@ -73,7 +79,11 @@ class MockUpstream:
         if path == "/chat/completions":
             prompt = " ".join(_text_of(m) for m in req.get("messages") or [])
             last = next(
-                (_text_of(m) for m in reversed(req.get("messages") or []) if m.get("role") == "user"),
+                (
+                    _text_of(m)
+                    for m in reversed(req.get("messages") or [])
+                    if m.get("role") == "user"
+                ),
                 "",
             )
         else:  # /completions and /responses take `prompt` or `input`
@@ -109,8 +119,14 @@ def _completion(path: str, model: str, answer: str, usage: dict[str, int]) -> by
         choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}
         obj = "text_completion"
     return orjson.dumps(
-        {"id": _ident("cmpl"), "object": obj, "created": int(time.time()), "model": model,
-         "choices": [choice], "usage": usage}  # fmt: skip
+        {
+            "id": _ident("cmpl"),
+            "object": obj,
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
     )
 
 
@@ -124,8 +140,13 @@ def _stream(
     pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
 
     def event(choice: dict[str, Any] | None, usage_: dict[str, int] | None = None) -> bytes:
-        chunk: dict[str, Any] = {"id": ident, "object": obj, "created": created, "model": model,
-                                 "choices": [choice] if choice else []}  # fmt: skip
+        chunk: dict[str, Any] = {
+            "id": ident,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [choice] if choice else [],
+        }
         if include_usage:
             chunk["usage"] = usage_
         return b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -80,8 +80,10 @@ def rewrite(raw: bytes, body: dict[str, Any], upstream_model: str, add_usage: bo
         copy = dict(body, model=upstream_model)
         if add_usage:
             options = body.get("stream_options")
-            copy["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}  # fmt: skip
+            copy["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
         out = orjson.dumps(copy)
     return out
 

@@ -67,7 +67,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[LIVE].runtime
     raw = await request.read()
     body = payload.parse(raw)
-    targets = runtime.balancer.targets(body["model"])  # type: ignore[arg-type]
+    targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
     stream = body.get("stream") is True
     call = Call(path, raw, body, stream, payload.estimate(raw, body, path == "/embeddings"))
@@ -106,8 +106,12 @@ async def _attempt(
             data = await reply.read()
             if reply.status in RETRYABLE:
                 call.attempts.append(
-                    Attempt(target, f"HTTP {reply.status}", reply.status,
-                            reply.headers.get("Retry-After"))  # fmt: skip
+                    Attempt(
+                        target,
+                        f"HTTP {reply.status}",
+                        reply.status,
+                        reply.headers.get("Retry-After"),
+                    )
                 )
                 return None
             failed = reply.status >= 500

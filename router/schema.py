@@ -7,7 +7,6 @@ them all, each as `groups[0].models[1].weight: must be a number >= 0, got "x"`.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -99,7 +98,7 @@ class Reader:
     def has(self, key: str) -> bool:
         return key in self.data and self.data[key] is not None
 
-    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] = ()) -> Any:
+    def text(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] = ()) -> Any:
         v = self.raw(key)
         if v is _MISSING or v is None:
             if default is _MISSING:
@@ -137,7 +136,7 @@ class Reader:
             return default
         return int(v) if integer else float(v)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         v = self.raw(key)
         if v is _MISSING or v is None:
             return default

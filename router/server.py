@@ -34,8 +34,10 @@ def check_exposure(config: Config) -> None:
         return
     if not is_loopback(config.host):
         raise ConfigError(
-            [f"api_key: required when listening on {config.host}; set api_key or "
-             "api_keys (or LLM_ROUTER_API_KEY for the demo config)"]  # fmt: skip
+            [
+                f"api_key: required when listening on {config.host}; set api_key or "
+                "api_keys (or LLM_ROUTER_API_KEY for the demo config)"
+            ]
         )
     log.warning(
         "NO CLIENT KEY IS SET: anyone who can reach %s:%d may use this router. "
@@ -45,7 +47,9 @@ def check_exposure(config: Config) -> None:
     )
 
 
-async def run(config: Config, path: str | None, overrides: dict[str, Any], reuse_port: bool) -> None:
+async def run(
+    config: Config, path: str | None, overrides: dict[str, Any], reuse_port: bool
+) -> None:
     app = create_app(config)
     runner = web.AppRunner(
         app,

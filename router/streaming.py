@@ -166,4 +166,6 @@ class Relay:
 
 
 def _error_payload(reason: str) -> bytes:
-    return error_body(f"The upstream stream failed: {reason}", "upstream_error", None, "stream_error")
+    return error_body(
+        f"The upstream stream failed: {reason}", "upstream_error", None, "stream_error"
+    )

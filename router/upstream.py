@@ -54,7 +54,7 @@ class HttpReply:
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "while reading the body") from None
         finally:
             self._resp.release()
@@ -63,7 +63,7 @@ class HttpReply:
         try:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "mid-stream") from None
 
     def close(self) -> None:
@@ -101,6 +101,6 @@ class HttpUpstream:
         try:
             async with asyncio.timeout(target.provider.first_byte_timeout):
                 resp = await self.session.post(url, data=body, headers=headers, timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "before response headers") from None
         return HttpReply(resp)

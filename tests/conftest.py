@@ -28,9 +28,12 @@ async def fakes(aiohttp_server: Any) -> Callable[[int], Awaitable[list[tuple[Fak
 
 @pytest.fixture
 async def router(aiohttp_client: Any) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
-    async def start(urls: list[str] | None = None, tree: dict[str, Any] | None = None,
-                    **extra: Any) -> TestClient[Any, Any]:  # fmt: skip
-        config: Config = parse(tree if tree is not None else config_tree(urls or [], **extra), env={})
+    async def start(
+        urls: list[str] | None = None, tree: dict[str, Any] | None = None, **extra: Any
+    ) -> TestClient[Any, Any]:
+        config: Config = parse(
+            tree if tree is not None else config_tree(urls or [], **extra), env={}
+        )
         client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
         return client
 

@@ -95,10 +95,19 @@ class FakeProvider:
         action = self.script.pop(0) if self.script else ok
         return await action(request, seen)
 
-    async def stream(self, request: web.Request, seen: Seen, *, fail_after: int | None = None,
-                     error_event: bool = False, no_done: bool = False) -> web.StreamResponse:  # fmt: skip
+    async def stream(
+        self,
+        request: web.Request,
+        seen: Seen,
+        *,
+        fail_after: int | None = None,
+        error_event: bool = False,
+        no_done: bool = False,
+    ) -> web.StreamResponse:
         body = seen.json
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **self.extra_headers})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **self.extra_headers}
+        )
         await resp.prepare(request)
         try:
             for i, word in enumerate(self.words):
@@ -145,8 +154,9 @@ async def ok(request: web.Request, seen: Seen) -> web.StreamResponse:
 
 def status(code: int, headers: dict[str, str] | None = None) -> Action:
     async def action(request: web.Request, seen: Seen) -> web.StreamResponse:
-        err = {"error": {"message": f"fake {code}", "type": "fake_error", "param": None,
-                         "code": None}}  # fmt: skip
+        err = {
+            "error": {"message": f"fake {code}", "type": "fake_error", "param": None, "code": None}
+        }
         return web.json_response(err, status=code, headers=headers)
 
     return action
@@ -155,8 +165,9 @@ def status(code: int, headers: dict[str, str] | None = None) -> Action:
 def stream_failing(after: int, *, error_event: bool = False, no_done: bool = False) -> Action:
     async def action(request: web.Request, seen: Seen) -> web.StreamResponse:
         fake = _FAKE_OF[request.app]
-        return await fake.stream(request, seen, fail_after=after, error_event=error_event,
-                                 no_done=no_done)  # fmt: skip
+        return await fake.stream(
+            request, seen, fail_after=after, error_event=error_event, no_done=no_done
+        )
 
     return action
 

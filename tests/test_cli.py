@@ -21,11 +21,17 @@ from tests.fakes import BackgroundLoop, FakeProvider, config_tree, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router", *args], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})}, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "router", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_check_lists_targets_without_secrets() -> None:
@@ -53,9 +59,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "serve", "--port", str(self.port), *args],
-            cwd=cwd, env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -77,8 +86,10 @@ def test_demo_config_answers_with_no_config_anywhere(tmp_path: Path) -> None:
     env = {k: "" for k in ("LLM_ROUTER_CONFIG", "LLM_ROUTER_API_KEY", "OPENAI_API_KEY")}
     server = Server([], cwd=tmp_path, env=env)
     try:
-        r = httpx.post(server.url + "/v1/chat/completions", json={
-            "model": "demo", "messages": [{"role": "user", "content": "ping"}]})  # fmt: skip
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "demo", "messages": [{"role": "user", "content": "ping"}]},
+        )
         assert r.status_code == 200
         assert r.json()["choices"][0]["message"]["content"] == "[MOCK] ping"
         assert r.json()["usage"]["total_tokens"] > 0
@@ -91,8 +102,15 @@ def test_demo_config_answers_with_no_config_anywhere(tmp_path: Path) -> None:
 
 
 def test_demo_config_requires_a_key_off_loopback(tmp_path: Path) -> None:
-    out = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), cwd=tmp_path,
-                  env={"LLM_ROUTER_API_KEY": "", "LLM_ROUTER_CONFIG": ""})  # fmt: skip
+    out = run_cli(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        cwd=tmp_path,
+        env={"LLM_ROUTER_API_KEY": "", "LLM_ROUTER_CONFIG": ""},
+    )
     assert out.returncode == 1
     assert "api_key: required" in out.stderr
 
@@ -125,8 +143,9 @@ def test_sigterm_drains_an_open_stream(tmp_path: Path, fake_upstream: tuple) -> 
     server = Server(["--config", str(path)], cwd=tmp_path)
     headers = {"Authorization": "Bearer alice-secret"}
     body = {"model": "g", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers,
-                      timeout=30) as r:  # fmt: skip
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as r:
         lines = r.iter_lines()
         first = next(line for line in lines if line)
         assert '"Hel"' in first

@@ -52,8 +52,13 @@ def test_go_gateway_config_loads_unchanged(tmp_path: Path) -> None:
 
 
 def test_yaml_and_json_examples_are_the_same_config() -> None:
-    env = {"LLM_ROUTER_API_KEY": "k", "OPENAI_API_KEY": "sk-x", "OPENAI_KEY_2": "sk-y",
-           "ALICE_KEY": "a", "BOB_KEY": "b"}  # fmt: skip
+    env = {
+        "LLM_ROUTER_API_KEY": "k",
+        "OPENAI_API_KEY": "sk-x",
+        "OPENAI_KEY_2": "sk-y",
+        "ALICE_KEY": "a",
+        "BOB_KEY": "b",
+    }
     y = parse(yaml.safe_load((ROOT / "config.example.yaml").read_text()), env)
     j = parse(json.loads((ROOT / "config.example.json").read_text()), env)
     assert y == j
@@ -151,3 +156,17 @@ def test_invalid_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(path)
     assert "not valid json" in info.value.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "path"),
+    [
+        ("cache", {"backend": "memory"}, "cache.backend"),
+        ("state", {"backend": "redis"}, "state.backend"),
+        ("usage_log", "/tmp/usage.jsonl", "usage_log"),
+    ],
+)
+def test_settings_of_features_not_built_yet_are_refused(key: str, value: object, path: str) -> None:
+    tree = yaml.safe_load(GO_SEED_CONFIG)
+    tree[key] = value
+    assert errors_of(tree) == [f"{path}: not supported by this version yet"]

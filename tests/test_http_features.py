@@ -45,9 +45,11 @@ async def test_compression_of_body_over_min_bytes(fakes: Any, router: Any) -> No
     for enc, decode in (("br", brotli.decompress), ("gzip", gzip.decompress)):
         fake.script.append(raw_reply(body))
         r = await client.post(
-            CHAT, json={"model": "g"}, headers={**ALICE, "Accept-Encoding": enc},
+            CHAT,
+            json={"model": "g"},
+            headers={**ALICE, "Accept-Encoding": enc},
             auto_decompress=False,
-        )  # fmt: skip
+        )
         assert r.headers["Content-Encoding"] == enc
         assert decode(await r.read()) == body
         assert "Accept-Encoding" in r.headers["Vary"]
@@ -57,9 +59,11 @@ async def test_small_and_error_bodies_are_not_compressed(one: Any) -> None:
     _, client = one
     for path, headers in ((CHAT, ALICE), ("/nope", {})):
         r = await client.post(
-            path, json={"model": "missing"}, headers={**headers, "Accept-Encoding": "br, gzip"},
+            path,
+            json={"model": "missing"},
+            headers={**headers, "Accept-Encoding": "br, gzip"},
             auto_decompress=False,
-        )  # fmt: skip
+        )
         assert r.status >= 400
         assert "Content-Encoding" not in r.headers
         assert (await r.json())["error"]["message"]
@@ -73,9 +77,11 @@ async def test_identity_when_client_refuses_all(fakes: Any, router: Any) -> None
     client = await router([url], compression={"min_bytes": 10})
     fake.script.append(raw_reply(b'{"x": "' + b"z" * 3000 + b'"}'))
     r = await client.post(
-        CHAT, json={"model": "g"}, headers={**ALICE, "Accept-Encoding": "br;q=0, gzip;q=0"},
+        CHAT,
+        json={"model": "g"},
+        headers={**ALICE, "Accept-Encoding": "br;q=0, gzip;q=0"},
         auto_decompress=False,
-    )  # fmt: skip
+    )
     assert "Content-Encoding" not in r.headers
 
 
@@ -86,9 +92,11 @@ async def test_stream_compressed_per_event(one: Any, encoding: str) -> None:
 
     fake.gate = asyncio.Event()
     r = await client.post(
-        CHAT, json={"model": "g", "stream": True}, headers={**ALICE, "Accept-Encoding": encoding},
+        CHAT,
+        json={"model": "g", "stream": True},
+        headers={**ALICE, "Accept-Encoding": encoding},
         auto_decompress=False,
-    )  # fmt: skip
+    )
     assert r.headers["Content-Encoding"] == encoding
     if encoding == "gzip":
         d: Any = zlib.decompressobj(31)
@@ -157,7 +165,9 @@ async def test_cors_origin_list_echoes_only_listed(fakes: Any, router: Any) -> N
     client = await router([url], cors={"allow_origins": [ORIGIN]})
     r = await client.post(CHAT, json={"model": "g"}, headers={**ALICE, "Origin": ORIGIN})
     assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
-    r = await client.post(CHAT, json={"model": "g"}, headers={**ALICE, "Origin": "http://evil.test"})
+    r = await client.post(
+        CHAT, json={"model": "g"}, headers={**ALICE, "Origin": "http://evil.test"}
+    )
     assert "Access-Control-Allow-Origin" not in r.headers
     r = await client.options(
         CHAT, headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "POST"}

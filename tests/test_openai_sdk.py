@@ -62,7 +62,9 @@ async def test_async_chat_and_stream(stack: LiveStack) -> None:
     async with openai.AsyncOpenAI(
         base_url=stack.url + "/v1", api_key="bob-key", max_retries=0
     ) as c:
-        reply = await c.chat.completions.create(model="g", messages=[{"role": "user", "content": "x"}])
+        reply = await c.chat.completions.create(
+            model="g", messages=[{"role": "user", "content": "x"}]
+        )
         assert reply.choices[0].message.content == "hello"
         stream = await c.chat.completions.create(
             model="g", messages=[{"role": "user", "content": "x"}], stream=True

@@ -53,9 +53,7 @@ async def test_request_body_reaches_upstream_byte_for_byte_except_model(one: Any
 
 async def test_x_request_id_from_client_is_kept(one: Any) -> None:
     _, client = one
-    r = await client.post(
-        CHAT, json={"model": "g"}, headers={**ALICE, "x-request-id": "trace-123"}
-    )
+    r = await client.post(CHAT, json={"model": "g"}, headers={**ALICE, "x-request-id": "trace-123"})
     assert r.headers["x-request-id"] == "trace-123"
 
 
@@ -96,9 +94,14 @@ async def test_health_needs_no_auth(one: Any) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "alice-secret"},
-     {"Authorization": "Bearer alice-secre"}, {"Authorization": "Bearer alice-secretX"}],
-)  # fmt: skip
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "alice-secret"},
+        {"Authorization": "Bearer alice-secre"},
+        {"Authorization": "Bearer alice-secretX"},
+    ],
+)
 async def test_bad_client_keys_get_openai_shaped_401(one: Any, headers: dict[str, str]) -> None:
     fake, client = one
     r = await client.post(CHAT, json={"model": "g"}, headers=headers)

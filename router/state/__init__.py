@@ -37,7 +37,9 @@ class StateBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def open_state(cfg: StateConfig, usage_window: float, clock: Clock = time.monotonic) -> StateBackend:
+def open_state(
+    cfg: StateConfig, usage_window: float, clock: Clock = time.monotonic
+) -> StateBackend:
     if cfg.backend == "memory":
         from router.state.memory import MemoryState
 
