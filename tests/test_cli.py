@@ -75,9 +75,13 @@ class Server:
         self.proc.kill()
         raise AssertionError(f"router did not start: {self.proc.communicate()[0]}")
 
+    def terminate(self) -> None:
+        self.terminated = True
+        self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None and not getattr(self, "terminated", False):
+            self.terminate()
         out, _ = self.proc.communicate(timeout=30)
         return self.proc.returncode, out
 
@@ -149,7 +153,7 @@ def test_sigterm_drains_an_open_stream(tmp_path: Path, fake_upstream: tuple) -> 
         lines = r.iter_lines()
         first = next(line for line in lines if line)
         assert '"Hel"' in first
-        server.proc.send_signal(signal.SIGTERM)
+        server.terminate()
         time.sleep(0.5)
         # New connections are refused while the open stream goes on.
         with pytest.raises(httpx.TransportError):

@@ -1,0 +1,210 @@
+"""`make bench`: the router against a bare aiohttp proxy, both in front of one fast fake upstream.
+
+Prints requests/s at 32 connections (wrk), added latency p50/p99 at one connection,
+streaming time-to-first-byte overhead and peak RSS, each also as a ratio to the bare proxy
+measured in the same run. This machine is small and shared: compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+BODY = b'{"model":"bench","messages":[{"role":"user","content":"Say something short."}]}'
+STREAM_BODY = BODY[:-1] + b',"stream":true}'
+KEY = "bench-client-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], health: str | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 20
+    port = int(args[args.index("--port") + 1]) if "--port" in args else int(args[1])
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"could not start {args}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    with script:
+        script.write('wrk.method = "POST"\n')
+        script.write(f"wrk.body = '{BODY.decode()}'\n")
+        script.write('wrk.headers["Content-Type"] = "application/json"\n')
+        if auth:
+            script.write(f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    if "Non-2xx" in out:
+        raise SystemExit(f"errors under load:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+async def client_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
+    """Fallback load generator when wrk is missing (it costs more CPU than wrk)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {KEY}"} if auth else {})}
+    done = 0
+    stop = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                async with s.post(url, data=BODY, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200
+                    done += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return done / seconds
+
+
+async def latencies(url: str, n: int, auth: bool, stream: bool) -> list[float]:
+    """Seconds per request (or to the first body byte, for streams) on one connection."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {KEY}"} if auth else {})}
+    out = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+        for i in range(n + 50):
+            t0 = time.perf_counter()
+            async with s.post(url, data=STREAM_BODY if stream else BODY, headers=headers) as r:
+                if stream:
+                    await r.content.readany()
+                    t1 = time.perf_counter()
+                    await r.read()
+                else:
+                    await r.read()
+                    t1 = time.perf_counter()
+                assert r.status == 200, await r.text()
+            if i >= 50:  # warm-up
+                out.append(t1 - t0)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def write_config(path: Path, upstream: str, port: int, log_level: str) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "port": port,
+                "api_keys": [{"name": "bench", "key": KEY}],
+                "groups": [{"name": "bench", "models": [{"provider": "up", "name": "bench-model"}]}],
+                "providers": [{"name": "up", "base_url": upstream, "api_keys": ["sk-1", "sk-2"]}],
+                "logging": {"level": log_level},
+            }
+        )
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--seconds", type=int, default=8, help="wrk run length")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=1000, help="latency samples per target")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best rps kept")
+    ap.add_argument("--log-level", default="info", help="router log level (access log at info)")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
+    up_port, bare_port, router_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/v1"
+    write_config(tmp / "config.json", upstream, router_port, args.log_level)
+    procs = {"upstream": start([str(HERE / "upstream.py"), str(up_port)])}
+    procs["bare"] = start([str(HERE / "bare_proxy.py"), str(bare_port), f"http://127.0.0.1:{up_port}"])
+    procs["router"] = start(["-m", "router", "serve", "--config", str(tmp / "config.json"),
+                             "--port", str(router_port)])  # fmt: skip
+    urls = {
+        "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", False),
+        "bare": (f"http://127.0.0.1:{bare_port}/v1/chat/completions", False),
+        "router": (f"http://127.0.0.1:{router_port}/v1/chat/completions", True),
+    }
+    use_wrk = shutil.which("wrk") is not None
+    results: dict[str, dict[str, float]] = {k: {} for k in urls}
+    try:
+        for name in ("bare", "router"):  # warm both up
+            asyncio.run(latencies(urls[name][0], 200, urls[name][1], False))
+        for _ in range(args.rounds):
+            for name in ("bare", "router"):
+                url, auth = urls[name]
+                rps = (wrk_rps(url, args.connections, args.seconds, auth) if use_wrk
+                       else asyncio.run(client_rps(url, args.connections, args.seconds, auth)))  # fmt: skip
+                results[name]["rps"] = max(results[name].get("rps", 0.0), rps)
+        for name, (url, auth) in urls.items():
+            lat = asyncio.run(latencies(url, args.requests, auth, False))
+            ttfb = asyncio.run(latencies(url, args.requests // 2, auth, True))
+            results[name].update(p50=pct(lat, 0.5), p99=pct(lat, 0.99), ttfb=pct(ttfb, 0.5))
+        for name in ("bare", "router"):
+            results[name]["rss"] = peak_rss_mib(procs[name].pid)
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(10)
+
+    d, b, r = results["direct"], results["bare"], results["router"]
+    ms = 1000
+    rows = [
+        ("requests/s at %d connections" % args.connections, f"{b['rps']:.0f}", f"{r['rps']:.0f}",
+         f"{r['rps'] / b['rps']:.2f}x"),
+        ("added latency p50 (1 conn)", f"{(b['p50'] - d['p50']) * ms:.2f} ms",
+         f"{(r['p50'] - d['p50']) * ms:.2f} ms", f"{(r['p50'] - d['p50']) / max(b['p50'] - d['p50'], 1e-9):.2f}x"),
+        ("added latency p99 (1 conn)", f"{(b['p99'] - d['p99']) * ms:.2f} ms",
+         f"{(r['p99'] - d['p99']) * ms:.2f} ms", f"{(r['p99'] - d['p99']) / max(b['p99'] - d['p99'], 1e-9):.2f}x"),
+        ("stream TTFB overhead p50", f"{(b['ttfb'] - d['ttfb']) * ms:.2f} ms",
+         f"{(r['ttfb'] - d['ttfb']) * ms:.2f} ms", f"{(r['ttfb'] - d['ttfb']) / max(b['ttfb'] - d['ttfb'], 1e-9):.2f}x"),
+        ("peak RSS", f"{b['rss']:.1f} MiB", f"{r['rss']:.1f} MiB", f"{r['rss'] / b['rss']:.2f}x"),
+    ]  # fmt: skip
+    print(f"load generator: {'wrk' if use_wrk else 'aiohttp client (wrk not found)'}; "
+          f"direct upstream p50 {d['p50'] * ms:.2f} ms")  # fmt: skip
+    print(f"| {'measure':<30} | {'bare proxy':>12} | {'llm-router':>12} | {'ratio':>7} |")
+    print(f"|{'-' * 32}|{'-' * 14}|{'-' * 14}|{'-' * 9}|")
+    for row in rows:
+        print(f"| {row[0]:<30} | {row[1]:>12} | {row[2]:>12} | {row[3]:>7} |")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
