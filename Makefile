@@ -40,6 +40,8 @@ test: $(VENV)/.installed-dev redis-server lint
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
+	  echo "wrk not installed: the bench falls back to an aiohttp load generator"
 	$(BIN)/python -m bench
 
 clean:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,13 @@ HERE = Path(__file__).resolve().parent
 BODY = b'{"model":"bench","messages":[{"role":"user","content":"Say something short."}]}'
 STREAM_BODY = BODY[:-1] + b',"stream":true}'
 KEY = "bench-client-key"
+
+
+def auth_headers(auth: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = f"Bearer {KEY}"
+    return headers
 
 
 def free_port() -> int:
@@ -59,8 +65,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    with script:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
         script.write(f"wrk.body = '{BODY.decode()}'\n")
         script.write('wrk.headers["Content-Type"] = "application/json"\n')
@@ -80,7 +85,10 @@ def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
 
 async def client_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
     """Fallback load generator when wrk is missing (it costs more CPU than wrk)."""
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {KEY}"} if auth else {})}
+    headers = {
+        "Content-Type": "application/json",
+        **({"Authorization": f"Bearer {KEY}"} if auth else {}),
+    }
     done = 0
     stop = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
@@ -99,7 +107,10 @@ async def client_rps(url: str, connections: int, seconds: int, auth: bool) -> fl
 
 async def latencies(url: str, n: int, auth: bool, stream: bool) -> list[float]:
     """Seconds per request (or to the first body byte, for streams) on one connection."""
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {KEY}"} if auth else {})}
+    headers = {
+        "Content-Type": "application/json",
+        **({"Authorization": f"Bearer {KEY}"} if auth else {}),
+    }
     out = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
         for i in range(n + 50):
@@ -129,7 +140,9 @@ def write_config(path: Path, upstream: str, port: int, log_level: str) -> None:
             {
                 "port": port,
                 "api_keys": [{"name": "bench", "key": KEY}],
-                "groups": [{"name": "bench", "models": [{"provider": "up", "name": "bench-model"}]}],
+                "groups": [
+                    {"name": "bench", "models": [{"provider": "up", "name": "bench-model"}]}
+                ],
                 "providers": [{"name": "up", "base_url": upstream, "api_keys": ["sk-1", "sk-2"]}],
                 "logging": {"level": log_level},
             }
@@ -151,7 +164,9 @@ def main() -> int:
     upstream = f"http://127.0.0.1:{up_port}/v1"
     write_config(tmp / "config.json", upstream, router_port, args.log_level)
     procs = {"upstream": start([str(HERE / "upstream.py"), str(up_port)])}
-    procs["bare"] = start([str(HERE / "bare_proxy.py"), str(bare_port), f"http://127.0.0.1:{up_port}"])
+    procs["bare"] = start(
+        [str(HERE / "bare_proxy.py"), str(bare_port), f"http://127.0.0.1:{up_port}"]
+    )
     procs["router"] = start(["-m", "router", "serve", "--config", str(tmp / "config.json"),
                              "--port", str(router_port)])  # fmt: skip
     urls = {
@@ -167,8 +182,10 @@ def main() -> int:
         for _ in range(args.rounds):
             for name in ("bare", "router"):
                 url, auth = urls[name]
-                rps = (wrk_rps(url, args.connections, args.seconds, auth) if use_wrk
-                       else asyncio.run(client_rps(url, args.connections, args.seconds, auth)))  # fmt: skip
+                if use_wrk:
+                    rps = wrk_rps(url, args.connections, args.seconds, auth)
+                else:
+                    rps = asyncio.run(client_rps(url, args.connections, args.seconds, auth))
                 results[name]["rps"] = max(results[name].get("rps", 0.0), rps)
         for name, (url, auth) in urls.items():
             lat = asyncio.run(latencies(url, args.requests, auth, False))
@@ -182,18 +199,20 @@ def main() -> int:
             p.wait(10)
 
     d, b, r = results["direct"], results["bare"], results["router"]
-    ms = 1000
+
+    def added(key: str) -> tuple[str, str, str]:
+        bare, ours = (b[key] - d[key]) * 1000, (r[key] - d[key]) * 1000
+        return f"{bare:.2f} ms", f"{ours:.2f} ms", f"{ours / max(bare, 1e-6):.2f}x"
+
     rows = [
-        ("requests/s at %d connections" % args.connections, f"{b['rps']:.0f}", f"{r['rps']:.0f}",
+        (f"requests/s at {args.connections} connections", f"{b['rps']:.0f}", f"{r['rps']:.0f}",
          f"{r['rps'] / b['rps']:.2f}x"),
-        ("added latency p50 (1 conn)", f"{(b['p50'] - d['p50']) * ms:.2f} ms",
-         f"{(r['p50'] - d['p50']) * ms:.2f} ms", f"{(r['p50'] - d['p50']) / max(b['p50'] - d['p50'], 1e-9):.2f}x"),
-        ("added latency p99 (1 conn)", f"{(b['p99'] - d['p99']) * ms:.2f} ms",
-         f"{(r['p99'] - d['p99']) * ms:.2f} ms", f"{(r['p99'] - d['p99']) / max(b['p99'] - d['p99'], 1e-9):.2f}x"),
-        ("stream TTFB overhead p50", f"{(b['ttfb'] - d['ttfb']) * ms:.2f} ms",
-         f"{(r['ttfb'] - d['ttfb']) * ms:.2f} ms", f"{(r['ttfb'] - d['ttfb']) / max(b['ttfb'] - d['ttfb'], 1e-9):.2f}x"),
+        ("added latency p50 (1 conn)", *added("p50")),
+        ("added latency p99 (1 conn)", *added("p99")),
+        ("stream TTFB overhead p50", *added("ttfb")),
         ("peak RSS", f"{b['rss']:.1f} MiB", f"{r['rss']:.1f} MiB", f"{r['rss'] / b['rss']:.2f}x"),
     ]  # fmt: skip
+    ms = 1000
     print(f"load generator: {'wrk' if use_wrk else 'aiohttp client (wrk not found)'}; "
           f"direct upstream p50 {d['p50'] * ms:.2f} ms")  # fmt: skip
     print(f"| {'measure':<30} | {'bare proxy':>12} | {'llm-router':>12} | {'ratio':>7} |")

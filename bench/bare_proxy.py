@@ -25,7 +25,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     async with request.app[SESSION].post(url, data=body, headers=headers) as up:
         ctype = up.headers.get("Content-Type", "application/json")
         if not ctype.startswith("text/event-stream"):
-            return web.Response(status=up.status, body=await up.read(), headers={"Content-Type": ctype})
+            return web.Response(
+                status=up.status, body=await up.read(), headers={"Content-Type": ctype}
+            )
         resp = web.StreamResponse(status=up.status, headers={"Content-Type": ctype})
         await resp.prepare(request)
         async for chunk in up.content.iter_any():

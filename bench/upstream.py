@@ -24,8 +24,14 @@ REPLY = orjson.dumps(
         "usage": {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27},
     }
 )
-EVENT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
-USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":20,"total_tokens":40}}\n\n'
+EVENT = (
+    b'data: {"id":"c","object":"chat.completion.chunk",'
+    b'"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
+)
+USAGE = (
+    b'data: {"id":"c","choices":[],'
+    b'"usage":{"prompt_tokens":20,"completion_tokens":20,"total_tokens":40}}\n\n'
+)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,7 @@ access log) -> handler; then on_response_prepare: aiohttp-cors, then our common 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -30,13 +31,13 @@ from router.errors import (
     from_http_exception,
 )
 from router.keys import CLIENT, LIVE, REQUEST_ID, SESSION, STATE, UPSTREAMS, Live, Runtime
-from router.logs import request_id
+from router.logs import AccessLog, request_id
 from router.mock import MockUpstream
 from router.state import StateBackend, open_state
 from router.upstream import HttpUpstream, Upstream
 
 log = logging.getLogger("router")
-access_log = logging.getLogger("router.access")
+ACCESS = web.AppKey("access", AccessLog)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -67,7 +68,9 @@ def build_runtime(config: Config, state: StateBackend) -> Runtime:
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request.headers.get("x-request-id", "")
-    request[REQUEST_ID] = rid = rid if _REQUEST_ID.fullmatch(rid) else os.urandom(12).hex()
+    if not rid or not _REQUEST_ID.fullmatch(rid):
+        rid = os.urandom(12).hex()
+    request[REQUEST_ID] = rid
     request_id.set(rid)  # the handler runs in its own task, so this stays with the request
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
@@ -86,9 +89,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         response = error_response(RouterError("The router hit an internal error."))
     if not response.prepared and isinstance(response, web.Response):
         _maybe_compress(request, response, runtime.config)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "%s %s %d %s %s %.1fms",
+    access = request.app[ACCESS]
+    if access.enabled:
+        access.add(
+            rid,
             request.get(CLIENT, "-"),
             request.method,
             response.status,
@@ -112,11 +116,6 @@ def _maybe_compress(request: web.Request, response: web.Response, config: Config
     if encoding:
         response.body = compress(body, encoding)
         response.headers["Content-Encoding"] = encoding
-
-
-async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["x-request-id"] = request.get(REQUEST_ID) or os.urandom(12).hex()
-    response.headers["Vary"] = "Origin, Accept-Encoding"
 
 
 async def models(request: web.Request) -> web.Response:
@@ -151,6 +150,7 @@ def create_app(config: Config, *, state: StateBackend | None = None) -> web.Appl
     app[STATE] = state or open_state(config.state, config.usage_window)
     app[LIVE] = Live(build_runtime(config, app[STATE]))
     app[STARTED] = int(time.time())
+    app[ACCESS] = AccessLog(config.logging.format)
     app.cleanup_ctx.append(_resources)
 
     def route(path: str, handler: Handler, *methods: str) -> None:
@@ -176,7 +176,16 @@ def create_app(config: Config, *, state: StateBackend | None = None) -> web.Appl
     cors = aiohttp_cors.setup(app, defaults={o: options for o in config.cors.allow_origins})
     for r in list(app.router.routes()):
         cors.add(r)
-    app.on_response_prepare.append(_common_headers)
+    # aiohttp-cors inspects every response; only one with an Origin can need CORS headers.
+    cors_prepare = app.on_response_prepare.pop()
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if "Origin" in request.headers:
+            await cors_prepare(request, response)
+        response.headers["x-request-id"] = request.get(REQUEST_ID) or os.urandom(12).hex()
+        response.headers["Vary"] = "Origin, Accept-Encoding"
+
+    app.on_response_prepare.append(on_prepare)
     return app
 
 
@@ -186,8 +195,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[SESSION] = session
     upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
     app[UPSTREAMS] = upstreams
+    flusher = asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")
     try:
         yield
     finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        app[ACCESS].flush()
         await session.close()
         await app[STATE].close()

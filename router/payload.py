@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -103,3 +104,59 @@ def estimate(raw: bytes, body: dict[str, Any], embeddings: bool) -> float:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             return prompt + v
     return prompt + _DEFAULT_COMPLETION
+
+
+_USAGE_FIELD = re.compile(
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|total_tokens)"\s*:\s*(\d+)'
+)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    prompt: int
+    completion: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+def read_usage(data: bytes) -> Tokens | None:
+    """The reply's `usage`; a large body is scanned from its last "usage" instead of parsed."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return None
+    if len(data) < 16384:  # orjson parses a small body faster than a regex scans it
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        return usage_tokens(obj.get("usage")) if isinstance(obj, dict) else None
+    found: dict[bytes, int] = {}
+    for m in _USAGE_FIELD.finditer(data, at, at + 1024):
+        found.setdefault(m.group(1), int(m.group(2)))
+    prompt = found.get(b"prompt_tokens", found.get(b"input_tokens"))
+    completion = found.get(b"completion_tokens", found.get(b"output_tokens"))
+    total = found.get(b"total_tokens")
+    if prompt is None and total is None:
+        return None
+    prompt = prompt if prompt is not None else (total or 0) - (completion or 0)
+    if completion is None:
+        completion = (total or prompt) - prompt  # embeddings: prompt only
+    return Tokens(prompt, completion)
+
+
+def usage_tokens(usage: Any) -> Tokens | None:
+    """The same from a parsed `usage` object (stream chunks)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    total = usage.get("total_tokens")
+    if not isinstance(prompt, int):
+        prompt = total - (completion or 0) if isinstance(total, int) else None
+    if prompt is None:
+        return None
+    if not isinstance(completion, int):
+        completion = total - prompt if isinstance(total, int) else 0
+    return Tokens(prompt, completion)

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import orjson
 from aiohttp import web
 
 from router import payload
@@ -50,17 +49,6 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
         if lower == "retry-after" or lower.startswith(_PASSED_PREFIXES):
             out[name] = value
     return out
-
-
-def _usage_of(data: bytes) -> float | None:
-    if b'"usage"' not in data:
-        return None
-    try:
-        usage = orjson.loads(data).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return float(total) if isinstance(total, int | float) else None
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -125,7 +113,8 @@ async def _attempt(
             failed = relay.outcome.error is not None and not relay.outcome.client_gone
             return resp
         data = await reply.read()
-        used = _usage_of(data)
+        tokens = payload.read_usage(data)
+        used = tokens.total if tokens else None
         failed = False
         return web.Response(status=reply.status, body=data, headers=_headers(reply, target, call))
     except asyncio.CancelledError:  # the client hung up: not the upstream's failure
@@ -140,7 +129,7 @@ async def _attempt(
         if reply is not None:
             reply.close()
         if relay is not None:
-            used = relay.outcome.used
+            used = relay.outcome.tokens.total if relay.outcome.tokens else None
             if used is None:  # ended (or the client left) before the usage chunk: estimate
                 used = call.reserve / 2 + relay.outcome.events
         await balancer.finish(target, call.reserve, used or 0.0, failed)

@@ -17,6 +17,7 @@ from aiohttp.tcp_helpers import tcp_nodelay
 
 from router.compression import StreamCompressor
 from router.errors import UpstreamError, error_body
+from router.payload import Tokens, usage_tokens
 from router.upstream import Reply
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -24,7 +25,7 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 @dataclass
 class StreamOutcome:
-    used: float | None = None  # usage.total_tokens reported by the upstream
+    tokens: Tokens | None = None  # usage reported by the upstream
     events: int = 0
     error: str | None = None  # why the stream ended badly, if it did
     client_gone: bool = False
@@ -98,8 +99,11 @@ class Relay:
         usage = obj.get("usage")
         if usage is None and isinstance(obj.get("response"), dict):
             usage = obj["response"].get("usage")  # the Responses API's response.completed
-        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int | float):
-            self.outcome.used = max(self.outcome.used or 0, usage["total_tokens"])
+        tokens = usage_tokens(usage)
+        if tokens is not None:
+            # Some providers repeat cumulative usage; keep the largest, never a sum.
+            if self.outcome.tokens is None or tokens.total >= self.outcome.tokens.total:
+                self.outcome.tokens = tokens
             if self.strip_usage and obj.get("choices") == []:
                 return False
         return True

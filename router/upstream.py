@@ -46,8 +46,9 @@ def _translate(exc: BaseException, when: str) -> UpstreamError:
 
 
 class HttpReply:
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, idle: float | None) -> None:
         self._resp = resp
+        self._idle = idle  # None: aiohttp's sock_read already enforces the idle timeout
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
@@ -60,8 +61,16 @@ class HttpReply:
             self._resp.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
         try:
-            async for chunk in self._resp.content.iter_any():
+            while True:
+                if self._idle is None:
+                    chunk = await content.readany()
+                else:
+                    async with asyncio.timeout(self._idle):
+                        chunk = await content.readany()
+                if not chunk:
+                    return
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "mid-stream") from None
@@ -81,6 +90,11 @@ class HttpUpstream:
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
 
     def _prepared(self, target: Target) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
+        """Headers and timeouts per target, built once.
+
+        With first_byte_timeout == idle_timeout (the default) aiohttp's sock_read covers
+        both, with no timer of ours per request; otherwise each gets its own.
+        """
         headers = self._headers.get(target.id)
         if headers is None:
             p = target.provider
@@ -91,16 +105,21 @@ class HttpUpstream:
             self._timeouts[target.id] = aiohttp.ClientTimeout(
                 total=p.timeout,
                 connect=p.connect_timeout,
-                sock_read=max(p.idle_timeout, p.first_byte_timeout),
+                sock_read=p.idle_timeout if p.idle_timeout == p.first_byte_timeout else None,
             )
         return headers, self._timeouts[target.id]
 
     async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply:
         headers, timeout = self._prepared(target)
         url = target.provider.base_url + path
+        post = self.session.post(url, data=body, headers=headers, timeout=timeout)
         try:
-            async with asyncio.timeout(target.provider.first_byte_timeout):
-                resp = await self.session.post(url, data=body, headers=headers, timeout=timeout)
+            if timeout.sock_read is not None:
+                resp = await post
+            else:
+                async with asyncio.timeout(target.provider.first_byte_timeout):
+                    resp = await post
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "before response headers") from None
-        return HttpReply(resp)
+        idle = None if timeout.sock_read is not None else target.provider.idle_timeout
+        return HttpReply(resp, idle)
