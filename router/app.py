@@ -31,9 +31,10 @@ from router.errors import (
     from_http_exception,
 )
 from router.keys import CLIENT, LIVE, REQUEST_ID, SESSION, STATE, UPSTREAMS, Live, Runtime
+from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.mock import MockUpstream
-from router.state import StateBackend, open_state
+from router.state import Clock, StateBackend, open_state
 from router.upstream import HttpUpstream, Upstream
 
 log = logging.getLogger("router")
@@ -61,8 +62,13 @@ PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/res
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
-def build_runtime(config: Config, state: StateBackend) -> Runtime:
-    return Runtime(config, Authenticator(config.client_keys), Balancer(config, state))
+def build_runtime(config: Config, state: StateBackend, clock: Clock = time.monotonic) -> Runtime:
+    return Runtime(
+        config,
+        Authenticator(config.client_keys),
+        Balancer(config, state, clock),
+        ClientLimits(config.client_keys, state, clock),
+    )
 
 
 @web.middleware
@@ -145,10 +151,12 @@ async def not_found(request: web.Request) -> web.Response:
 STARTED = web.AppKey("started", int)
 
 
-def create_app(config: Config, *, state: StateBackend | None = None) -> web.Application:
+def create_app(
+    config: Config, *, state: StateBackend | None = None, clock: Clock = time.monotonic
+) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
-    app[STATE] = state or open_state(config.state, config.usage_window)
-    app[LIVE] = Live(build_runtime(config, app[STATE]))
+    app[STATE] = state or open_state(config.state, config.usage_window, clock)
+    app[LIVE] = Live(build_runtime(config, app[STATE], clock))
     app[STARTED] = int(time.time())
     app[ACCESS] = AccessLog(config.logging.format)
     app.cleanup_ctx.append(_resources)

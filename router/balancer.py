@@ -1,13 +1,20 @@
-"""Groups to targets, and the pick: lowest weight x (windowed usage + reservations)."""
+"""Groups to targets, and the pick: lowest weight x (windowed usage + reservations).
+
+A target is skipped while it cools down (Retry-After, a bad key), while its breaker is
+open, or while its key is at its rpm/tpm limit; `Blocked` says until when, and why.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from router import breaker
 from router.config import Config, ModelRef, Provider, ProviderKey
 from router.errors import NotFound
-from router.state import StateBackend
+from router.payload import Tokens
+from router.state import WINDOW, Clock, StateBackend
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,16 +28,34 @@ class Target:
     def label(self) -> str:
         return self.key.label
 
+    @property
+    def key_id(self) -> str:  # rpm/tpm limits belong to the key, across its models
+        return f"{self.provider.name}/{self.key.label}"
+
     def describe(self) -> str:
         return f"{self.provider.name}/{self.model.name} ({self.key.label})"
 
+    def cost(self, tokens: Tokens) -> float:
+        m = self.model
+        return (tokens.prompt * m.input_cost + tokens.completion * m.output_cost) / 1e6
+
+
+@dataclass(frozen=True)
+class Blocked:
+    until: float  # clock time when the target can be tried again
+    rate_limited: bool  # at a limit or told to back off by a 429 (else: open, bad key)
+
 
 class Balancer:
-    def __init__(self, config: Config, state: StateBackend) -> None:
+    def __init__(self, config: Config, state: StateBackend, clock: Clock = time.monotonic) -> None:
         self.state = state
+        self.clock = clock
         self.request_penalty = config.request_penalty
         self.error_penalty = config.error_penalty
+        self.threshold = config.breaker.failures
+        self.cooldown = config.breaker.cooldown
         self.groups: dict[str, tuple[Target, ...]] = {}
+        self.hedge_after: dict[str, float | None] = {}
         for group in config.groups:
             targets: dict[str, Target] = {}  # the same pair listed twice counts once
             for ref in group.models:
@@ -39,6 +64,8 @@ class Balancer:
                     tid = f"{provider.name}/{key.label}/{ref.name}"
                     targets.setdefault(tid, Target(provider, key, ref, tid))
             self.groups[group.name] = tuple(targets.values())
+            self.hedge_after[group.name] = group.hedge_after
+        self._limited = any(k.rpm or k.tpm for p in config.providers for k in p.keys)
 
     def targets(self, group: str) -> tuple[Target, ...]:
         try:
@@ -53,25 +80,75 @@ class Balancer:
 
     async def pick(
         self, targets: Sequence[Target], reserve: float, skip: Iterable[Target] = ()
-    ) -> Target | None:
-        """Choose the lowest score (ties: config order) and reserve `reserve` tokens on it."""
-        skipped = set(skip)
-        pool = [t for t in targets if t not in skipped] if skipped else targets
-        if not pool:
-            return None
-        if len(pool) == 1:
-            best = pool[0]
-        else:
-            loads = await self.state.loads([t.id for t in pool])
-            best, best_score = pool[0], pool[0].model.weight * loads[0]
-            for t, load in zip(pool[1:], loads[1:], strict=True):
-                score = t.model.weight * load
-                if score < best_score:
-                    best, best_score = t, score
-        await self.state.reserve(best.id, reserve + self.request_penalty)
-        return best
+    ) -> tuple[Target | None, list[Blocked]]:
+        """Choose the lowest score among available targets and reserve tokens on it.
 
-    async def finish(self, target: Target, reserved: float, used: float, failed: bool) -> None:
-        """Swap the reservation for real usage; the request penalty stays counted."""
+        Ties go to config order. Returns the target, or None and why each was blocked.
+        """
+        skipped = set(skip)
+        pool = [t for t in targets if t not in skipped] if skipped else list(targets)
+        if not pool:
+            return None, []
+        now = self.clock()
+        ids = [t.id for t in pool]
+        loads = await self.state.loads(ids)
+        health = await self.state.health(ids)
+        blocked: list[Blocked] = []
+        ready: list[tuple[float, int, Target, breaker.Health]] = []
+        for i, (t, load, h) in enumerate(zip(pool, loads, health, strict=True)):
+            until = breaker.blocked_until(h, now)
+            if until is not None:
+                blocked.append(Blocked(until, h.rate_limited and h.cooldown_until > now))
+                continue
+            ready.append((t.model.weight * load, i, t, h))
+        if self._limited and ready:
+            ready = await self._within_limits(ready, reserve, now, blocked)
+        ready.sort(key=lambda r: (r[0], r[1]))
+        for _, _, t, h in ready:
+            if h.breaker != "closed" and not await self.state.take_probe(t.id, now, self.cooldown):
+                blocked.append(Blocked(now + self.cooldown, False))
+                continue
+            await self.state.reserve(t.id, reserve + self.request_penalty)
+            if t.key.rpm:
+                await self.state.hit(f"rpm:{t.key_id}", 1, now)
+            if t.key.tpm:
+                await self.state.hit(f"tpm:{t.key_id}", reserve, now)
+            return t, blocked
+        return None, blocked
+
+    async def _within_limits(
+        self,
+        ready: list[tuple[float, int, Target, breaker.Health]],
+        reserve: float,
+        now: float,
+        blocked: list[Blocked],
+    ) -> list[tuple[float, int, Target, breaker.Health]]:
+        keys = [f"rpm:{r[2].key_id}" for r in ready] + [f"tpm:{r[2].key_id}" for r in ready]
+        windows = await self.state.windows(keys, now)
+        rpm_w, tpm_w = windows[: len(ready)], windows[len(ready) :]
+        out = []
+        for r, rw, tw in zip(ready, rpm_w, tpm_w, strict=True):
+            key = r[2].key
+            if key.rpm and rw.total >= key.rpm:
+                blocked.append(Blocked(rw.oldest + WINDOW, True))
+            # A request larger than the whole limit may still go when the window is empty.
+            elif key.tpm and tw.total > 0 and tw.total + reserve > key.tpm:
+                blocked.append(Blocked(tw.oldest + WINDOW, True))
+            else:
+                out.append(r)
+        return out
+
+    async def finish(
+        self, target: Target, reserved: float, used: float, failed: bool | None
+    ) -> None:
+        """Swap the reservation for real usage and record the outcome (None: no verdict)."""
         penalty = self.request_penalty + (self.error_penalty if failed else 0.0)
         await self.state.settle(target.id, reserved + self.request_penalty, used + penalty)
+        now = self.clock()
+        if target.key.tpm:
+            await self.state.hit(f"tpm:{target.key_id}", used - reserved, now)
+        if failed is not None:
+            await self.state.record(target.id, not failed, now, self.threshold, self.cooldown)
+
+    async def cool(self, target: Target, seconds: float, rate_limited: bool) -> None:
+        await self.state.cool(target.id, self.clock() + seconds, rate_limited)

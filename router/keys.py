@@ -10,6 +10,7 @@ from aiohttp import web
 from router.auth import Authenticator
 from router.balancer import Balancer
 from router.config import Config
+from router.limits import ClientLimits
 from router.state import StateBackend
 from router.upstream import Upstream
 
@@ -21,6 +22,7 @@ class Runtime:
     config: Config
     auth: Authenticator
     balancer: Balancer
+    limits: ClientLimits
 
 
 @dataclass

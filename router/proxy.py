@@ -1,25 +1,44 @@
-"""The proxied endpoints: parse once, pick a target, forward, relay, account."""
+"""The proxied endpoints: parse once, pick a target, forward, relay, account, fail over.
+
+Before the first byte reaches the client a failed attempt moves on to the next target by
+score (or, when every other target is used up, the same one after a backoff); after it,
+a stream can only end with an in-band error event.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
 from aiohttp import web
 
 from router import payload
-from router.balancer import Target
+from router.auth import ANONYMOUS
+from router.balancer import Balancer, Blocked, Target
 from router.compression import negotiate
-from router.errors import RateLimited, RouterError, UpstreamError, UpstreamTimeout
-from router.keys import LIVE, UPSTREAMS
+from router.errors import (
+    RateLimited,
+    RouterError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from router.keys import CLIENT, LIVE, UPSTREAMS, Runtime
+from router.payload import Tokens
+from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
 from router.upstream import Reply
+
+log = logging.getLogger("router.proxy")
 
 # Upstream statuses worth another target: overload, outages, and a bad or revoked key.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504, 529})
 _PASSED_PREFIXES = ("x-ratelimit-", "openai-processing-ms", "openai-version")
-_STREAMABLE = ("/chat/completions", "/completions")
+_STREAMABLE = ("/chat/completions", "/completions", "/responses")
 
 
 @dataclass
@@ -27,7 +46,6 @@ class Attempt:
     target: Target
     reason: str
     status: int | None = None
-    retry_after: str | None = None
 
 
 @dataclass
@@ -39,6 +57,7 @@ class Call:
     body: dict[str, object]
     stream: bool
     reserve: float
+    client: str
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -57,33 +76,57 @@ async def handle(request: web.Request) -> web.StreamResponse:
     body = payload.parse(raw)
     targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    stream = body.get("stream") is True
-    call = Call(path, raw, body, stream, payload.estimate(raw, body, path == "/embeddings"))
+    reserve = payload.estimate(raw, body, path == "/embeddings")
+    client = request.get(CLIENT, ANONYMOUS)
+    await runtime.limits.admit(client, reserve)
+    call = Call(path, raw, body, body.get("stream") is True, reserve, client)
     encoding = None
     if runtime.config.compression.enabled:
         encoding = negotiate(request.headers.get("Accept-Encoding", ""))
+
+    balancer, retry = runtime.balancer, runtime.config.retry
+    deadline = balancer.clock() + max(t.provider.timeout for t in targets)
     tried: list[Target] = []
-    for _ in range(runtime.config.retry.attempts):
-        target = await runtime.balancer.pick(targets, call.reserve, tried)
+    blocked: list[Blocked] = []
+    waited = 0.0
+    while len(call.attempts) < retry.attempts:
+        target, blocked = await balancer.pick(targets, reserve, tried)
+        if target is None and tried:
+            # Every other target is used up: try one again, after a backoff.
+            target, blocked = await balancer.pick(targets, reserve)
+            if target is not None:
+                delay = backoff(len(call.attempts), retry)
+                if balancer.clock() + delay > deadline:
+                    await balancer.finish(target, reserve, 0.0, None)
+                    break
+                await asyncio.sleep(delay)
         if target is None:
-            break
-        tried.append(target)
-        response = await _attempt(request, call, target, encoding)
+            # Nothing can take it now; with retry.wait, wait for the earliest recovery.
+            earliest = min((b.until for b in blocked), default=math.inf)
+            pause = earliest - balancer.clock()
+            if not blocked or pause + waited > retry.wait or balancer.clock() + pause > deadline:
+                break
+            waited += max(pause, 0.0)
+            await asyncio.sleep(max(pause, 0.0))
+            continue
+        if target not in tried:
+            tried.append(target)
+        response = await _attempt(request, runtime, call, target, encoding)
         if response is not None:
             return response
-    raise _exhausted(call)
+    raise _exhausted(call, blocked, balancer.clock())
 
 
 async def _attempt(
-    request: web.Request, call: Call, target: Target, encoding: str | None
+    request: web.Request, runtime: Runtime, call: Call, target: Target, encoding: str | None
 ) -> web.StreamResponse | None:
     """One upstream call. Returns the client's response, or None after recording a failure."""
-    balancer = request.app[LIVE].runtime.balancer
+    balancer = runtime.balancer
     stream = call.stream and call.path in _STREAMABLE
     add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
     out = payload.rewrite(call.raw, call.body, target.model.name, add_usage)
-    used: float | None = None
-    failed = True
+    tokens: Tokens | None = None
+    failed: bool | None = True
     reply: Reply | None = None
     relay: Relay | None = None
     try:
@@ -93,46 +136,79 @@ async def _attempt(
         if reply.status >= 400:
             data = await reply.read()
             if reply.status in RETRYABLE:
-                call.attempts.append(
-                    Attempt(
-                        target,
-                        f"HTTP {reply.status}",
-                        reply.status,
-                        reply.headers.get("Retry-After"),
-                    )
-                )
+                await _failed(balancer, call, target, f"HTTP {reply.status}", reply)
                 return None
-            failed = reply.status >= 500
+            failed = None  # the request's fault, not the target's: no verdict on its health
             return web.Response(
                 status=reply.status, body=data, headers=_headers(reply, target, call)
             )
-        if call.stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
+        if stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
             relay = Relay(reply, strip_usage=add_usage, needs_done=call.path != "/responses")
             first = await relay.first()
             resp = await relay.relay(request, first, _headers(reply, target, call), encoding)
-            failed = relay.outcome.error is not None and not relay.outcome.client_gone
+            failed = relay.outcome.error is not None
+            if relay.outcome.client_gone:
+                failed = None
             return resp
         data = await reply.read()
-        tokens = payload.read_usage(data)
-        used = tokens.total if tokens else None
+        tokens = _usage(data, reply)
         failed = False
-        return web.Response(status=reply.status, body=data, headers=_headers(reply, target, call))
+        headers = _headers(reply, target, call)
+        headers["x-llm-router-cost"] = f"{target.cost(tokens) if tokens else 0.0:.6f}"
+        return web.Response(status=reply.status, body=data, headers=headers)
     except asyncio.CancelledError:  # the client hung up: not the upstream's failure
-        failed = False
+        failed = None
         raise
     except UpstreamError as exc:
-        call.attempts.append(Attempt(target, exc.reason, exc.upstream_status))
-        if isinstance(exc, UpstreamTimeout):
-            call.attempts[-1].status = 504
+        await _failed(balancer, call, target, exc.reason, None, exc)
         return None
     finally:
         if reply is not None:
             reply.close()
         if relay is not None:
-            used = relay.outcome.tokens.total if relay.outcome.tokens else None
-            if used is None:  # ended (or the client left) before the usage chunk: estimate
-                used = call.reserve / 2 + relay.outcome.events
-        await balancer.finish(target, call.reserve, used or 0.0, failed)
+            tokens = relay.outcome.tokens
+            if tokens is None:  # ended (or the client left) before the usage chunk: estimate
+                tokens = Tokens(int(call.reserve / 2), relay.outcome.events)
+        used = float(tokens.total) if tokens else 0.0
+        await balancer.finish(target, call.reserve, used, failed)
+        if tokens is not None:
+            await runtime.limits.account(call.client, used, target.cost(tokens))
+
+
+def _usage(data: bytes, reply: Reply) -> Tokens | None:
+    """The reply's usage; a 200 that claims JSON but is not is the upstream's failure."""
+    if not reply.headers.get("Content-Type", "").startswith("application/json"):
+        return payload.read_usage(data)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("invalid JSON body") from None
+    return payload.usage_tokens(obj.get("usage")) if isinstance(obj, dict) else None
+
+
+async def _failed(
+    balancer: Balancer,
+    call: Call,
+    target: Target,
+    reason: str,
+    reply: Reply | None,
+    exc: UpstreamError | None = None,
+) -> None:
+    status = (
+        reply.status if reply is not None else (504 if isinstance(exc, UpstreamTimeout) else None)
+    )
+    call.attempts.append(Attempt(target, reason, status))
+    if status in (401, 403):
+        # A bad or revoked key: set it aside for a while; say which one, by label only.
+        log.warning("provider key %s was refused (HTTP %d); quarantined for %gs",
+                    target.label, status, balancer.cooldown)  # fmt: skip
+        await balancer.cool(target, balancer.cooldown, False)
+        return
+    wait = cooldown_seconds(reply.headers) if reply is not None else None
+    if wait is None and status == 429:
+        wait = 1.0  # told to slow down without being told for how long
+    if wait:
+        await balancer.cool(target, wait, status == 429)
 
 
 def _headers(reply: Reply, target: Target, call: Call) -> dict[str, str]:
@@ -144,16 +220,25 @@ def _headers(reply: Reply, target: Target, call: Call) -> dict[str, str]:
     return headers
 
 
-def _exhausted(call: Call) -> RouterError:
+def _exhausted(call: Call, blocked: list[Blocked], now: float) -> RouterError:
     n = len(call.attempts)
-    detail = "; ".join(f"{a.target.describe()}: {a.reason}" for a in call.attempts)
     headers = {"x-llm-router-attempts": str(n)}
-    if n and all(a.status == 429 for a in call.attempts):
-        waits = [a.retry_after for a in call.attempts if a.retry_after]
-        headers["Retry-After"] = min(waits, key=lambda w: (len(w), w)) if waits else "1"
+    if blocked:
+        headers["Retry-After"] = str(max(1, math.ceil(min(b.until for b in blocked) - now)))
+    if not n:
+        if any(b.rate_limited for b in blocked):
+            return RateLimited("Every target of this model is at its rate limit.", headers=headers)
+        return ServiceUnavailable(
+            "Every target of this model is unavailable (circuit open or key refused).",
+            headers=headers,
+        )
+    detail = "; ".join(f"{a.target.describe()}: {a.reason}" for a in call.attempts)
+    if all(a.status == 429 for a in call.attempts):
+        headers.setdefault("Retry-After", "1")
         return RateLimited(f"Every target is rate-limited ({detail}).", headers=headers)
-    if n and all(a.status == 504 for a in call.attempts):
-        err: RouterError = UpstreamTimeout(f"The upstream timed out after {n} attempt(s): {detail}")
+    err: RouterError
+    if all(a.status == 504 for a in call.attempts):
+        err = UpstreamTimeout(f"The upstream timed out after {n} attempt(s): {detail}")
     else:
         err = UpstreamError(f"The upstream failed after {n} attempt(s): {detail}")
     err.headers = headers

@@ -38,7 +38,7 @@ def balancer(
 async def run(b: Balancer, n: int, tokens: float = 100) -> Counter[str]:
     picks: Counter[str] = Counter()
     for _ in range(n):
-        t = await b.pick(b.targets("g"), tokens)
+        t, _ = await b.pick(b.targets("g"), tokens)
         assert t is not None
         picks[t.id] += 1
         await b.finish(t, tokens, tokens, failed=False)
@@ -47,7 +47,7 @@ async def run(b: Balancer, n: int, tokens: float = 100) -> Counter[str]:
 
 async def test_ties_go_to_config_order() -> None:
     b = balancer([1, 1], keys=2)
-    t = await b.pick(b.targets("g"), 10)
+    t, _ = await b.pick(b.targets("g"), 10)
     assert t is not None and t.id == "p0/p0#0/up-0"
 
 
@@ -69,8 +69,8 @@ async def test_weight_zero_is_always_preferred() -> None:
 
 async def test_reservations_spread_concurrent_picks() -> None:
     b = balancer([1], keys=2)
-    first = await b.pick(b.targets("g"), 100)
-    second = await b.pick(b.targets("g"), 100)
+    first, _ = await b.pick(b.targets("g"), 100)
+    second, _ = await b.pick(b.targets("g"), 100)
     assert first is not None and second is not None and first.id != second.id
 
 
@@ -79,11 +79,11 @@ async def test_usage_window_forgets_old_usage() -> None:
     b = balancer([1], keys=2, usage_window=60, clock=clock)
     targets = b.targets("g")
     await b.finish(targets[0], 0, 1000, failed=False)
-    t = await b.pick(targets, 0)
+    t, _ = await b.pick(targets, 0)
     assert t is targets[1]
     await b.finish(t, 0, 0, failed=False)
     clock.now += 61
-    t = await b.pick(targets, 0)
+    t, _ = await b.pick(targets, 0)
     assert t is targets[0]  # its old burst no longer counts
     usage = await b.state.usage(targets[0].id)
     assert usage.window == 0 and usage.total == 1000
@@ -92,7 +92,7 @@ async def test_usage_window_forgets_old_usage() -> None:
 async def test_penalties_are_counted_as_usage() -> None:
     b = balancer([1], keys=2, request_penalty=500, error_penalty=10000)
     targets = b.targets("g")
-    t = await b.pick(targets, 0)
+    t, _ = await b.pick(targets, 0)
     assert t is targets[0]
     await b.finish(t, 0, 0, failed=True)
     assert (await b.state.usage(t.id)).total == 10500
@@ -103,10 +103,10 @@ async def test_usage_is_shared_across_groups_using_the_same_pair() -> None:
     tree["groups"].append({"name": "h", "models": [{"provider": "p0", "name": "up-0"}]})
     cfg = parse(tree, env={})
     b = Balancer(cfg, MemoryState())
-    t = await b.pick(b.targets("h"), 0)
+    t, _ = await b.pick(b.targets("h"), 0)
     assert t is not None
     await b.finish(t, 0, 50, failed=False)
-    t2 = await b.pick(b.targets("g"), 0)
+    t2, _ = await b.pick(b.targets("g"), 0)
     assert t2 is not None and t2.id != t.id
 
 

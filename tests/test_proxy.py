@@ -192,7 +192,8 @@ async def test_failed_upstream_gives_502_listing_attempts(one: Any) -> None:
     message = body["error"]["message"]
     assert "p0#0" in message and "p0#1" in message and "HTTP 500" in message
     assert "sk-p0" not in message
-    assert r.headers["x-llm-router-attempts"] == "2"
+    assert r.headers["x-llm-router-attempts"] == "3"  # the third retries a key after a backoff
+    assert "HTTP 502" in message
 
 
 async def test_unreachable_upstream_is_502(router: Any) -> None:

@@ -1,6 +1,7 @@
 """Routing state behind one small async interface, so memory and Redis are interchangeable.
 
-Keys are target ids (`provider/key-label/model`): usage is per key per upstream model.
+Keys: target ids (`provider/key-label/model`) for usage and health; free-form names for
+sliding 60 s windows (rpm/tpm per provider key and per client) and period totals (budgets).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.breaker import Health
 from router.config import State as StateConfig
 
 Clock = Callable[[], float]
+WINDOW = 60.0  # seconds of the rpm/tpm windows
 
 
 @dataclass(frozen=True)
@@ -22,17 +25,43 @@ class Usage:
     reserved: float  # tokens held by in-flight requests
 
 
+@dataclass(frozen=True)
+class Window:
+    total: float  # sum of amounts within the last WINDOW seconds (a count, for rpm)
+    oldest: float  # when the oldest of them was added (it leaves the window at +WINDOW)
+
+
 class StateBackend(Protocol):
+    # balancing
     async def loads(self, keys: Sequence[str]) -> list[float]:
         """Windowed usage plus in-flight reservations, one number per key, in order."""
 
-    async def reserve(self, key: str, tokens: float) -> None:
-        """Hold `tokens` for an in-flight request to `key`."""
+    async def reserve(self, key: str, tokens: float) -> None: ...
 
     async def settle(self, key: str, reserved: float, used: float) -> None:
         """Release a reservation and count what was really used (penalties: reserved=0)."""
 
     async def usage(self, key: str) -> Usage: ...
+
+    # health: breaker and cooldowns (router.breaker's state machine, applied atomically)
+    async def health(self, keys: Sequence[str]) -> list[Health]: ...
+
+    async def take_probe(self, key: str, now: float, cooldown: float) -> bool: ...
+
+    async def record(
+        self, key: str, ok: bool, now: float, threshold: int, cooldown: float
+    ) -> Health: ...
+
+    async def cool(self, key: str, until: float, rate_limited: bool) -> None: ...
+
+    # limits: sliding windows and period totals
+    async def windows(self, keys: Sequence[str], now: float) -> list[Window]: ...
+
+    async def hit(self, key: str, amount: float, now: float) -> None: ...
+
+    async def totals(self, keys: Sequence[str]) -> list[float]: ...
+
+    async def add_total(self, key: str, amount: float, ttl: float) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -6,7 +6,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from router.state import Clock, Usage
+from router import breaker
+from router.breaker import Health
+from router.state import WINDOW, Clock, Usage, Window
 
 
 class _Counter:
@@ -24,6 +26,9 @@ class MemoryState:
         self.window = usage_window
         self.clock = clock
         self._counters: dict[str, _Counter] = {}
+        self._health: dict[str, Health] = {}
+        self._windows: dict[str, deque[tuple[float, float]]] = {}
+        self._totals: dict[str, tuple[float, float]] = {}  # key -> (amount, expires at)
 
     def _get(self, key: str) -> _Counter:
         c = self._counters.get(key)
@@ -69,5 +74,59 @@ class MemoryState:
         c = self._get(key)
         return Usage(window=self._windowed(c), total=c.total, reserved=c.reserved)
 
+    async def health(self, keys: Sequence[str]) -> list[Health]:
+        return [self._health.get(k) or _HEALTHY for k in keys]
+
+    async def take_probe(self, key: str, now: float, cooldown: float) -> bool:
+        ok, self._health[key] = breaker.take_probe(self._health.get(key) or _HEALTHY, now, cooldown)
+        return ok
+
+    async def record(
+        self, key: str, ok: bool, now: float, threshold: int, cooldown: float
+    ) -> Health:
+        h = breaker.on_result(self._health.get(key) or _HEALTHY, ok, now, threshold, cooldown)
+        self._health[key] = h
+        return h
+
+    async def cool(self, key: str, until: float, rate_limited: bool) -> None:
+        self._health[key] = breaker.cool(self._health.get(key) or _HEALTHY, until, rate_limited)
+
+    def _window(self, key: str, now: float) -> deque[tuple[float, float]]:
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = deque()
+        while w and w[0][0] <= now - WINDOW:
+            w.popleft()
+        return w
+
+    async def windows(self, keys: Sequence[str], now: float) -> list[Window]:
+        out = []
+        for key in keys:
+            w = self._window(key, now)
+            out.append(Window(sum(a for _, a in w), w[0][0] if w else now))
+        return out
+
+    async def hit(self, key: str, amount: float, now: float) -> None:
+        self._window(key, now).append((now, amount))
+
+    async def totals(self, keys: Sequence[str]) -> list[float]:
+        now = time.time()
+        return [
+            a if exp > now else 0.0 for a, exp in (self._totals.get(k, (0.0, 0.0)) for k in keys)
+        ]
+
+    async def add_total(self, key: str, amount: float, ttl: float) -> None:
+        now = time.time()
+        current, expires = self._totals.get(key, (0.0, 0.0))
+        if expires <= now:
+            current, expires = 0.0, now + ttl
+        self._totals[key] = (current + amount, expires)
+
     async def close(self) -> None:
         self._counters.clear()
+        self._health.clear()
+        self._windows.clear()
+        self._totals.clear()
+
+
+_HEALTHY = Health()
