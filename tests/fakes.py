@@ -264,3 +264,19 @@ def iter_events(body: bytes) -> Iterator[bytes]:
     for event in body.split(b"\n\n"):
         if event.startswith(b"data: "):
             yield event[6:]
+
+
+async def reset_before_headers(request: web.Request, seen: Seen) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()
+    raise asyncio.CancelledError  # nothing more to say on a closed connection
+
+
+async def reset_mid_body(request: web.Request, seen: Seen) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.content_length = 1000
+    await resp.prepare(request)
+    await resp.write(b'{"id": "chatcmpl-fake", "choi')
+    assert request.transport is not None
+    request.transport.close()
+    return resp
