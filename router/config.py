@@ -223,9 +223,6 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         ("state.backend", cfg.state.backend != "memory"),
         ("usage_log", cfg.usage_log is not None),
     ]
-    unbuilt += [
-        (f"groups[{i}].hedge_after", g.hedge_after is not None) for i, g in enumerate(cfg.groups)
-    ]
     errors.extend(f"{path}: not supported by this version yet" for path, on in unbuilt if on)
     if cfg.port > 65535:
         errors.append(f"port: must be an integer from 0 to 65535, got {cfg.port}")

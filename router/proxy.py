@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -59,6 +59,7 @@ class Call:
     reserve: float
     client: str
     attempts: list[Attempt] = field(default_factory=list)
+    started: int = 0  # upstream calls made, hedges included
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -111,17 +112,76 @@ async def handle(request: web.Request) -> web.StreamResponse:
             continue
         if target not in tried:
             tried.append(target)
-        response = await _attempt(request, runtime, call, target, encoding)
+        hedge = balancer.hedge_after.get(str(body["model"]))
+        if hedge is not None and len(call.attempts) + 1 < retry.attempts:
+            response = await _hedged(request, runtime, call, targets, tried, encoding, hedge)
+        else:
+            response = await _attempt(request, runtime, call, target, encoding)
         if response is not None:
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
 
+async def _hedged(
+    request: web.Request,
+    runtime: Runtime,
+    call: Call,
+    targets: tuple[Target, ...],
+    tried: list[Target],
+    encoding: str | None,
+    hedge_after: float,
+) -> web.StreamResponse | None:
+    """Call tried[-1]; if it has sent no headers after `hedge_after`, call the next target too.
+
+    The first to have its reply in hand claims the client; the other is cancelled, which
+    releases its reservation without a verdict on its health.
+    """
+    tasks: list[asyncio.Task[web.StreamResponse | None]] = []
+
+    def claimer(me: int) -> Callable[[], None]:
+        def claim() -> None:
+            # Single-threaded: the other attempt is cancelled before it can claim too.
+            for i, other in enumerate(tasks):
+                if i != me:
+                    other.cancel()
+
+        return claim
+
+    def start(target: Target) -> None:
+        coro = _attempt(request, runtime, call, target, encoding, claimer(len(tasks)))
+        tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
+
+    start(tried[-1])
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=hedge_after)
+        if not done:
+            second, _ = await runtime.balancer.pick(targets, call.reserve, tried)
+            if second is not None:
+                tried.append(second)
+                start(second)
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and (response := task.result()) is not None:
+                    return response
+        return None
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def _attempt(
-    request: web.Request, runtime: Runtime, call: Call, target: Target, encoding: str | None
+    request: web.Request,
+    runtime: Runtime,
+    call: Call,
+    target: Target,
+    encoding: str | None,
+    claim: Callable[[], None] | None = None,
 ) -> web.StreamResponse | None:
     """One upstream call. Returns the client's response, or None after recording a failure."""
     balancer = runtime.balancer
+    call.started += 1
     stream = call.stream and call.path in _STREAMABLE
     add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
     out = payload.rewrite(call.raw, call.body, target.model.name, add_usage)
@@ -138,6 +198,8 @@ async def _attempt(
             if reply.status in RETRYABLE:
                 await _failed(balancer, call, target, f"HTTP {reply.status}", reply)
                 return None
+            if claim:
+                claim()
             failed = None  # the request's fault, not the target's: no verdict on its health
             return web.Response(
                 status=reply.status, body=data, headers=_headers(reply, target, call)
@@ -145,6 +207,8 @@ async def _attempt(
         if stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
             relay = Relay(reply, strip_usage=add_usage, needs_done=call.path != "/responses")
             first = await relay.first()
+            if claim:
+                claim()
             resp = await relay.relay(request, first, _headers(reply, target, call), encoding)
             failed = relay.outcome.error is not None
             if relay.outcome.client_gone:
@@ -153,6 +217,8 @@ async def _attempt(
         data = await reply.read()
         tokens = _usage(data, reply)
         failed = False
+        if claim:
+            claim()
         headers = _headers(reply, target, call)
         headers["x-llm-router-cost"] = f"{target.cost(tokens) if tokens else 0.0:.6f}"
         return web.Response(status=reply.status, body=data, headers=headers)
@@ -216,13 +282,13 @@ def _headers(reply: Reply, target: Target, call: Call) -> dict[str, str]:
     headers["x-llm-router-provider"] = target.provider.name
     headers["x-llm-router-model"] = target.model.name
     headers["x-llm-router-key"] = target.label
-    headers["x-llm-router-attempts"] = str(len(call.attempts) + 1)
+    headers["x-llm-router-attempts"] = str(call.started)
     return headers
 
 
 def _exhausted(call: Call, blocked: list[Blocked], now: float) -> RouterError:
     n = len(call.attempts)
-    headers = {"x-llm-router-attempts": str(n)}
+    headers = {"x-llm-router-attempts": str(call.started)}
     if blocked:
         headers["Retry-After"] = str(max(1, math.ceil(min(b.until for b in blocked) - now)))
     if not n:

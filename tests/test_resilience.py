@@ -412,3 +412,31 @@ async def test_soak_thirty_percent_failures_beside_a_healthy_provider(
     assert len(results) == 300
     assert results.count(200) == 300
     assert len(bad.seen) > 100 and injected > 30  # the flaky provider really took part
+
+
+async def test_hedge_after_starts_the_next_target_and_cancels_the_loser(pair: Any) -> None:
+    f0, f1, make, _ = pair
+    from router.keys import LIVE
+
+    client = await make(groups=[{"name": "g", "hedge_after": 0.1, "models": [
+        {"provider": "p0", "name": "up-0"}, {"provider": "p1", "name": "up-1"}]}])  # fmt: skip
+    assert client.app[LIVE].runtime.balancer.hedge_after["g"] == 0.1
+    f0.script.append(slow(1.0))
+    started = asyncio.get_running_loop().time()
+    r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+    assert r.status == 200
+    assert asyncio.get_running_loop().time() - started < 0.8
+    assert r.headers["x-llm-router-provider"] == "p1"
+    assert r.headers["x-llm-router-attempts"] == "2"
+    u0 = await client.app[STATE].usage(P0)
+    assert u0.reserved == 0 and u0.total == 0  # the loser's reservation is released
+    assert (await health(client, P0)).failures == 0  # and it is not counted as failed
+
+
+async def test_hedging_is_off_by_default(pair: Any) -> None:
+    f0, _, make, _ = pair
+    client = await make()
+    f0.script.append(slow(0.3))
+    r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+    assert r.headers["x-llm-router-provider"] == "p0"
+    assert r.headers["x-llm-router-attempts"] == "1"
