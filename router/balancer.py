@@ -14,7 +14,7 @@ from router import breaker
 from router.config import Config, ModelRef, Provider, ProviderKey
 from router.errors import NotFound
 from router.payload import Tokens
-from router.state import WINDOW, Clock, StateBackend
+from router.state import Clock, StateBackend
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,42 +101,43 @@ class Balancer:
                 blocked.append(Blocked(until, h.rate_limited and h.cooldown_until > now))
                 continue
             ready.append((t.model.weight * load, i, t, h))
-        if self._limited and ready:
-            ready = await self._within_limits(ready, reserve, now, blocked)
         ready.sort(key=lambda r: (r[0], r[1]))
         for _, _, t, h in ready:
+            if self._limited and not await self._take_limits(t, reserve, now, blocked):
+                continue
             if h.breaker != "closed" and not await self.state.take_probe(t.id, now, self.cooldown):
                 blocked.append(Blocked(now + self.cooldown, False))
+                if self._limited:
+                    await self._give_back(t, reserve, now)
                 continue
             await self.state.reserve(t.id, reserve + self.request_penalty)
-            if t.key.rpm:
-                await self.state.hit(f"rpm:{t.key_id}", 1, now)
-            if t.key.tpm:
-                await self.state.hit(f"tpm:{t.key_id}", reserve, now)
             return t, blocked
         return None, blocked
 
-    async def _within_limits(
-        self,
-        ready: list[tuple[float, int, Target, breaker.Health]],
-        reserve: float,
-        now: float,
-        blocked: list[Blocked],
-    ) -> list[tuple[float, int, Target, breaker.Health]]:
-        keys = [f"rpm:{r[2].key_id}" for r in ready] + [f"tpm:{r[2].key_id}" for r in ready]
-        windows = await self.state.windows(keys, now)
-        rpm_w, tpm_w = windows[: len(ready)], windows[len(ready) :]
-        out = []
-        for r, rw, tw in zip(ready, rpm_w, tpm_w, strict=True):
-            key = r[2].key
-            if key.rpm and rw.total >= key.rpm:
-                blocked.append(Blocked(rw.oldest + WINDOW, True))
-            # A request larger than the whole limit may still go when the window is empty.
-            elif key.tpm and tw.total > 0 and tw.total + reserve > key.tpm:
-                blocked.append(Blocked(tw.oldest + WINDOW, True))
-            else:
-                out.append(r)
-        return out
+    async def _take_limits(
+        self, t: Target, reserve: float, now: float, blocked: list[Blocked]
+    ) -> bool:
+        """Count this request against its key's rpm and tpm, atomically, if both have room."""
+        key = t.key
+        if key.rpm:
+            until = await self.state.take(f"rpm:{t.key_id}", 1, key.rpm, now)
+            if until is not None:
+                blocked.append(Blocked(until, True))
+                return False
+        if key.tpm:
+            until = await self.state.take(f"tpm:{t.key_id}", reserve, key.tpm, now)
+            if until is not None:
+                if key.rpm:  # give back the request it will not make
+                    await self.state.hit(f"rpm:{t.key_id}", -1, now)
+                blocked.append(Blocked(until, True))
+                return False
+        return True
+
+    async def _give_back(self, t: Target, reserve: float, now: float) -> None:
+        if t.key.rpm:
+            await self.state.hit(f"rpm:{t.key_id}", -1, now)
+        if t.key.tpm:
+            await self.state.hit(f"tpm:{t.key_id}", -reserve, now)
 
     async def finish(
         self, target: Target, reserved: float, used: float, failed: bool | None

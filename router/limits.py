@@ -46,17 +46,13 @@ class ClientLimits:
         if key is None:
             return
         now = self.clock()
-        rpm, tpm = await self.state.windows([f"client-rpm:{name}", f"client-tpm:{name}"], now)
-        if key.rpm and rpm.total >= key.rpm:
-            raise _limited(
-                f"Rate limit reached for client {name!r}: {key.rpm} requests per minute.",
-                rpm.oldest + WINDOW - now,
-            )
-        if key.tpm and tpm.total >= key.tpm:
-            raise _limited(
-                f"Rate limit reached for client {name!r}: {key.tpm} tokens per minute.",
-                tpm.oldest + WINDOW - now,
-            )
+        if key.tpm:
+            [tpm] = await self.state.windows([f"client-tpm:{name}"], now)
+            if tpm.total >= key.tpm:
+                raise _limited(
+                    f"Rate limit reached for client {name!r}: {key.tpm} tokens per minute.",
+                    tpm.oldest + WINDOW - now,
+                )
         if key.budget_usd is not None:
             bkey, left = self.budget_key(key)
             [spent] = await self.state.totals([bkey])
@@ -68,8 +64,13 @@ class ClientLimits:
                 )
                 err.type = err.code = "insufficient_quota"
                 raise err
-        if key.rpm:
-            await self.state.hit(f"client-rpm:{name}", 1, now)
+        if key.rpm:  # last, and atomic: a refused request does not use up the minute
+            until = await self.state.take(f"client-rpm:{name}", 1, key.rpm, now)
+            if until is not None:
+                raise _limited(
+                    f"Rate limit reached for client {name!r}: {key.rpm} requests per minute.",
+                    until - now,
+                )
 
     async def account(self, name: str, tokens: float, cost: float) -> None:
         key = self.keys.get(name)

@@ -57,11 +57,22 @@ class StateBackend(Protocol):
     # limits: sliding windows and period totals
     async def windows(self, keys: Sequence[str], now: float) -> list[Window]: ...
 
+    async def take(self, key: str, amount: float, limit: float, now: float) -> float | None:
+        """Add `amount` to a window unless that would pass `limit` (an empty window always
+        takes it). None when taken; else when the window's oldest entry leaves it."""
+
     async def hit(self, key: str, amount: float, now: float) -> None: ...
 
     async def totals(self, keys: Sequence[str]) -> list[float]: ...
 
     async def add_total(self, key: str, amount: float, ttl: float) -> None: ...
+
+    async def start(self) -> None:
+        """Begin background work (a Redis backend watches its connection)."""
+
+    @property
+    def degraded(self) -> bool:
+        """True while a shared backend is unreachable and local state stands in."""
 
     async def close(self) -> None: ...
 

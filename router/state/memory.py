@@ -106,6 +106,14 @@ class MemoryState:
             out.append(Window(sum(a for _, a in w), w[0][0] if w else now))
         return out
 
+    async def take(self, key: str, amount: float, limit: float, now: float) -> float | None:
+        w = self._window(key, now)
+        total = sum(a for _, a in w)
+        if w and total + amount > limit:
+            return w[0][0] + WINDOW
+        w.append((now, amount))
+        return None
+
     async def hit(self, key: str, amount: float, now: float) -> None:
         self._window(key, now).append((now, amount))
 
@@ -121,6 +129,13 @@ class MemoryState:
         if expires <= now:
             current, expires = 0.0, now + ttl
         self._totals[key] = (current + amount, expires)
+
+    async def start(self) -> None:
+        pass
+
+    @property
+    def degraded(self) -> bool:
+        return False
 
     async def close(self) -> None:
         self._counters.clear()
