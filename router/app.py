@@ -62,7 +62,7 @@ PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/res
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
-def build_runtime(config: Config, state: StateBackend, clock: Clock = time.monotonic) -> Runtime:
+def build_runtime(config: Config, state: StateBackend, clock: Clock = time.time) -> Runtime:
     return Runtime(
         config,
         Authenticator(config.client_keys),
@@ -137,7 +137,10 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+    body: dict[str, str] = {"status": "ok"}
+    if request.app[LIVE].runtime.config.state.backend != "memory":
+        body["state"] = "degraded" if request.app[STATE].degraded else "ok"
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def not_allowed(request: web.Request) -> web.Response:
@@ -152,10 +155,11 @@ STARTED = web.AppKey("started", int)
 
 
 def create_app(
-    config: Config, *, state: StateBackend | None = None, clock: Clock = time.monotonic
+    config: Config, *, state: StateBackend | None = None, clock: Clock = time.time
 ) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
-    app[STATE] = state or open_state(config.state, config.usage_window, clock)
+    hold = max((p.timeout for p in config.providers), default=600.0) + 60
+    app[STATE] = state or open_state(config.state, config.usage_window, clock, hold)
     app[LIVE] = Live(build_runtime(config, app[STATE], clock))
     app[STARTED] = int(time.time())
     app[ACCESS] = AccessLog(config.logging.format)
@@ -203,6 +207,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[SESSION] = session
     upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
     app[UPSTREAMS] = upstreams
+    await app[STATE].start()
     flusher = asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")
     try:
         yield

@@ -47,7 +47,7 @@ class Blocked:
 
 
 class Balancer:
-    def __init__(self, config: Config, state: StateBackend, clock: Clock = time.monotonic) -> None:
+    def __init__(self, config: Config, state: StateBackend, clock: Clock = time.time) -> None:
         self.state = state
         self.clock = clock
         self.request_penalty = config.request_penalty

@@ -28,7 +28,7 @@ class ClientLimits:
         self,
         keys: tuple[ClientKey, ...],
         state: StateBackend,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.keys = {k.name: k for k in keys if k.rpm or k.tpm or k.budget_usd is not None}

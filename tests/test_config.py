@@ -162,7 +162,6 @@ def test_invalid_file_is_reported(tmp_path: Path) -> None:
     ("key", "value", "path"),
     [
         ("cache", {"backend": "memory"}, "cache.backend"),
-        ("state", {"backend": "redis"}, "state.backend"),
         ("usage_log", "/tmp/usage.jsonl", "usage_log"),
     ],
 )

@@ -14,6 +14,7 @@ from typing import Protocol
 from router.breaker import Health
 from router.config import State as StateConfig
 
+# Wall-clock seconds: several routers sharing state must agree on what "now" is.
 Clock = Callable[[], float]
 WINDOW = 60.0  # seconds of the rpm/tpm windows
 
@@ -78,10 +79,13 @@ class StateBackend(Protocol):
 
 
 def open_state(
-    cfg: StateConfig, usage_window: float, clock: Clock = time.monotonic
+    cfg: StateConfig, usage_window: float, clock: Clock = time.time, hold: float = 660.0
 ) -> StateBackend:
-    if cfg.backend == "memory":
-        from router.state.memory import MemoryState
+    """The backend named by the config; `hold` bounds how long a reservation may live."""
+    if cfg.backend == "redis":
+        from router.state.redis import RedisState  # redis is imported only when used
 
-        return MemoryState(usage_window, clock)
-    raise ValueError(f"state backend {cfg.backend!r} is not available in this build")
+        return RedisState(cfg, usage_window, clock, hold)
+    from router.state.memory import MemoryState
+
+    return MemoryState(usage_window, clock)

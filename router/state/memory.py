@@ -22,7 +22,7 @@ class _Counter:
 
 
 class MemoryState:
-    def __init__(self, usage_window: float = 0.0, clock: Clock = time.monotonic) -> None:
+    def __init__(self, usage_window: float = 0.0, clock: Clock = time.time) -> None:
         self.window = usage_window
         self.clock = clock
         self._counters: dict[str, _Counter] = {}

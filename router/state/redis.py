@@ -1,0 +1,295 @@
+"""Routing state in Redis, shared by every router that points at it.
+
+Each read-modify-write is one Lua script, so two routers never both take the last unit of
+a limit. Every key carries a TTL. A logical key `name` lives at `prefix:{name}:kind`: the
+braces are a hash tag, so a target's keys share a slot and Redis Cluster works.
+Redis trouble never hangs a request: each call has a tight timeout, and while Redis is
+unreachable the router serves on a local MemoryState, watching for Redis to come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from router.breaker import Health
+from router.config import State as StateConfig
+from router.state import WINDOW, Clock, Usage, Window
+from router.state.lua import ADD_TOTAL, COOL, LOADS, PROBE, RECORD, TAKE, WINDOWS
+from router.state.memory import MemoryState
+
+log = logging.getLogger("router.state")
+T = TypeVar("T")
+
+CALL_TIMEOUT = 0.25  # seconds: a request must never wait long on Redis
+HEALTH_TTL = 86400  # health hashes are rewritten on every outcome
+USAGE_TTL = 7 * 86400  # cumulative usage of a target nobody calls for a week is dropped
+
+
+def _health(raw: dict[bytes, bytes] | list[Any]) -> Health:
+    if isinstance(raw, list):  # HGETALL from a script comes back as a flat list
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
+    if not raw:
+        return Health()
+    get = {k.decode(): v.decode() for k, v in raw.items()}
+    state = get.get("breaker", "closed")
+    return Health(
+        breaker=state if state in ("open", "half-open") else "closed",  # type: ignore[arg-type]
+        failures=int(float(get.get("failures", "0"))),
+        until=float(get.get("until", "0")),
+        cooldown_until=float(get.get("cooldown_until", "0")),
+        rate_limited=get.get("rate_limited") == "1",
+    )
+
+
+class RedisState:
+    def __init__(
+        self, cfg: StateConfig, usage_window: float, clock: Clock, hold: float = 660.0
+    ) -> None:
+        self.prefix = cfg.prefix
+        self.window = usage_window
+        self.clock = clock
+        self.hold = hold  # a crashed router's reservations vanish after this long
+        self.local = MemoryState(usage_window, clock)
+        self.client = aioredis.Redis.from_url(
+            cfg.redis_url,
+            socket_timeout=CALL_TIMEOUT,
+            socket_connect_timeout=CALL_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),  # no hidden retries: we fall back instead
+        )
+        self._scripts = {
+            name: self.client.register_script(src)
+            for name, src in (("loads", LOADS), ("take", TAKE), ("windows", WINDOWS),
+                              ("probe", PROBE), ("record", RECORD), ("cool", COOL),
+                              ("add_total", ADD_TOTAL))
+        }  # fmt: skip
+        self._ids = itertools.count()
+        self._me = os.urandom(6).hex()  # makes window and reservation members unique
+        self._held: dict[str, list[tuple[str, float]]] = {}  # our reservations per key
+        self._down = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def k(self, name: str, kind: str) -> str:
+        return f"{self.prefix}:{{{name}}}:{kind}"
+
+    def _member(self, amount: float) -> str:
+        return f"{self._me}.{next(self._ids)}:{amount!r}"
+
+    @property
+    def degraded(self) -> bool:
+        return self._down
+
+    async def _guard(
+        self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._down:
+            return await local()
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT * 2):
+                return await remote()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            return await local()
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if not self._down:
+            self._down = True
+            log.error("redis unreachable (%s): serving on local state until it is back",
+                      type(exc).__name__)  # fmt: skip
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if not self._down:
+                continue
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT * 2):
+                    await self.client.ping()
+            except (RedisError, OSError, TimeoutError):
+                continue
+            self._down = False
+            log.warning("redis is reachable again: shared state resumed")
+
+    async def start(self) -> None:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT * 4):
+                await self.client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+        self._watcher = asyncio.create_task(self._watch(), name="redis-state-watcher")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self.client.aclose()
+
+    # -- balancing ------------------------------------------------------------------
+
+    async def _loads3(self, keys: Sequence[str]) -> list[list[bytes]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                keys3 = [self.k(key, "usage"), self.k(key, "held"), self.k(key, "win")]
+                await self._scripts["loads"](
+                    keys=keys3, args=[self.clock(), self.window], client=pipe
+                )
+            return list(await pipe.execute())
+
+    async def loads(self, keys: Sequence[str]) -> list[float]:
+        async def remote() -> list[float]:
+            return [float(u) + float(r) for u, r, _ in await self._loads3(keys)]
+
+        return await self._guard(remote, lambda: self.local.loads(keys))
+
+    async def reserve(self, key: str, tokens: float) -> None:
+        member = self._member(tokens)
+        self._held.setdefault(key, []).append((member, tokens))
+
+        async def remote() -> None:
+            held = self.k(key, "held")
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zadd(held, {member: self.clock() + self.hold})
+                pipe.expire(held, int(self.hold) + 60)
+                await pipe.execute()
+
+        await self.local.reserve(key, tokens)
+        await self._guard(remote, _nothing)
+
+    async def settle(self, key: str, reserved: float, used: float) -> None:
+        mine = self._held.get(key, [])
+        member = next((m for m, t in mine if t == reserved), mine[0][0] if mine else None)
+        if member is not None:
+            mine[:] = [(m, t) for m, t in mine if m != member]
+            if not mine:
+                self._held.pop(key, None)
+
+        async def remote() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                if member is not None:
+                    pipe.zrem(self.k(key, "held"), member)
+                if used:
+                    pipe.hincrbyfloat(self.k(key, "usage"), "total", used)
+                    pipe.expire(self.k(key, "usage"), USAGE_TTL)
+                    if self.window:
+                        win = self.k(key, "win")
+                        pipe.hincrbyfloat(win, str(int(self.clock())), used)
+                        pipe.expire(win, int(self.window) + 60)
+                await pipe.execute()
+
+        await self.local.settle(key, reserved, used)
+        await self._guard(remote, _nothing)
+
+    async def usage(self, key: str) -> Usage:
+        async def remote() -> Usage:
+            [(u, r, t)] = await self._loads3([key])
+            return Usage(window=float(u), total=float(t), reserved=float(r))
+
+        return await self._guard(remote, lambda: self.local.usage(key))
+
+    # -- health ---------------------------------------------------------------------
+
+    async def health(self, keys: Sequence[str]) -> list[Health]:
+        async def remote() -> list[Health]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(self.k(key, "health"))
+                return [_health(raw) for raw in await pipe.execute()]
+
+        return await self._guard(remote, lambda: self.local.health(keys))
+
+    async def take_probe(self, key: str, now: float, cooldown: float) -> bool:
+        async def remote() -> bool:
+            keys = [self.k(key, "health")]
+            return bool(await self._scripts["probe"](keys=keys, args=[now, cooldown, HEALTH_TTL]))
+
+        return await self._guard(remote, lambda: self.local.take_probe(key, now, cooldown))
+
+    async def record(
+        self, key: str, ok: bool, now: float, threshold: int, cooldown: float
+    ) -> Health:
+        async def remote() -> Health:
+            args = [int(ok), now, threshold, cooldown, HEALTH_TTL]
+            raw = await self._scripts["record"](keys=[self.k(key, "health")], args=args)
+            return _health(raw)
+
+        local = await self.local.record(key, ok, now, threshold, cooldown)
+        return await self._guard(remote, lambda: _value(local))
+
+    async def cool(self, key: str, until: float, rate_limited: bool) -> None:
+        async def remote() -> None:
+            ttl = max(HEALTH_TTL, int(until - self.clock()) + 60)
+            args = [until, int(rate_limited), ttl]
+            await self._scripts["cool"](keys=[self.k(key, "health")], args=args)
+
+        await self.local.cool(key, until, rate_limited)
+        await self._guard(remote, _nothing)
+
+    # -- limits ---------------------------------------------------------------------
+
+    async def windows(self, keys: Sequence[str], now: float) -> list[Window]:
+        async def remote() -> list[Window]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    await self._scripts["windows"](
+                        keys=[self.k(key, "w")], args=[now, WINDOW], client=pipe
+                    )
+                return [Window(float(t), float(o)) for t, o in await pipe.execute()]
+
+        return await self._guard(remote, lambda: self.local.windows(keys, now))
+
+    async def take(self, key: str, amount: float, limit: float, now: float) -> float | None:
+        async def remote() -> float | None:
+            args: list[str | float] = [now, amount, limit, WINDOW, f"{self._me}.{next(self._ids)}"]
+            until = await self._scripts["take"](keys=[self.k(key, "w")], args=args)
+            if until is not None:
+                return float(until)
+            await self.local.hit(key, amount, now)  # a local copy, should Redis go away
+            return None
+
+        return await self._guard(remote, lambda: self.local.take(key, amount, limit, now))
+
+    async def hit(self, key: str, amount: float, now: float) -> None:
+        async def remote() -> None:
+            w = self.k(key, "w")
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zadd(w, {self._member(amount): now})
+                pipe.expire(w, int(WINDOW) + 1)
+                await pipe.execute()
+
+        await self.local.hit(key, amount, now)
+        await self._guard(remote, _nothing)
+
+    async def totals(self, keys: Sequence[str]) -> list[float]:
+        async def remote() -> list[float]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:  # one GET each: the keys may live in different cluster slots
+                    pipe.get(self.k(key, "total"))
+                return [float(v) if v is not None else 0.0 for v in await pipe.execute()]
+
+        return await self._guard(remote, lambda: self.local.totals(keys))
+
+    async def add_total(self, key: str, amount: float, ttl: float) -> None:
+        async def remote() -> None:
+            await self._scripts["add_total"](keys=[self.k(key, "total")], args=[amount, int(ttl)])
+
+        await self.local.add_total(key, amount, ttl)
+        await self._guard(remote, _nothing)
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _value(v: T) -> T:
+    return v
