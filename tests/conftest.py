@@ -45,3 +45,12 @@ async def one(fakes: Any, router: Any) -> tuple[FakeProvider, TestClient[Any, An
     """One fake provider (two keys) behind a router with client keys alice and bob."""
     [(fake, url)] = await fakes(1)
     return fake, await router([url])
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Any:
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from aiohttp import web
 
@@ -280,3 +287,38 @@ async def reset_mid_body(request: web.Request, seen: Seen) -> web.StreamResponse
     assert request.transport is not None
     request.transport.close()
     return resp
+
+
+class RouterProcess:
+    """`python -m router serve` as a real subprocess on a free port."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--port", str(self.port), *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"router did not start: {self.proc.communicate()[0]}")
+
+    def terminate(self) -> None:
+        self.terminated = True
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None and not getattr(self, "terminated", False):
+            self.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out

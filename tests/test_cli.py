@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.fakes import BackgroundLoop, FakeProvider, config_tree, free_port
+from tests.fakes import RouterProcess as Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,39 +52,6 @@ def test_check_reports_every_error_with_its_path(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert 'groups[0].models[0].weight: must be a number >= 0, got "x"' in out.stderr
     assert "bogus: unknown key" in out.stderr
-
-
-class Server:
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--port", str(self.port), *args],
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError(f"router did not start: {self.proc.communicate()[0]}")
-
-    def terminate(self) -> None:
-        self.terminated = True
-        self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None and not getattr(self, "terminated", False):
-            self.terminate()
-        out, _ = self.proc.communicate(timeout=30)
-        return self.proc.returncode, out
 
 
 def test_demo_config_answers_with_no_config_anywhere(tmp_path: Path) -> None:

@@ -1,0 +1,267 @@
+"""Shared state on a real redis-server: atomic limits, expiring reservations, TTLs on every key,
+two routers as one, and a Redis outage that never hangs a request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from router.app import create_app
+from router.config import State, parse
+from router.state.redis import RedisState
+from tests.conftest import ALICE
+from tests.fakes import BackgroundLoop, FakeProvider, RouterProcess, config_tree, status
+from tests.redis_server import RedisServer
+
+CHAT = "/v1/chat/completions"
+
+
+def state(url: str, prefix: str, hold: float = 60.0) -> RedisState:
+    return RedisState(State(backend="redis", redis_url=url, prefix=prefix), 0, time.time, hold)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return f"t-{request.node.name[:40]}-{time.time_ns()}"
+
+
+async def test_reservations_count_and_expire_on_their_own(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    a = state(redis_server.url, prefix, hold=0.5)
+    b = state(redis_server.url, prefix, hold=0.5)
+    await a.start()
+    await b.start()
+    await a.reserve("t1", 100)
+    assert await b.loads(["t1", "t2"]) == [100.0, 0.0]  # the other router sees it
+    await a.settle("t1", 100, 42)
+    assert await b.loads(["t1"]) == [42.0]
+    # A router that dies holding a reservation: it is gone after `hold` seconds.
+    await a.reserve("t1", 1000)
+    assert await b.loads(["t1"]) == [1042.0]
+    await asyncio.sleep(0.7)
+    assert await b.loads(["t1"]) == [42.0]
+    await a.close()
+    await b.close()
+
+
+async def test_two_instances_never_both_take_the_last_unit(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    a, b = state(redis_server.url, prefix), state(redis_server.url, prefix)
+    now = time.time()
+    results = await asyncio.gather(
+        *(s.take("rpm:k", 1, 10, now) for _ in range(20) for s in (a, b))
+    )
+    assert sum(r is None for r in results) == 10
+    assert all(r is None or r == pytest.approx(now + 60, abs=1) for r in results)
+    await a.close()
+    await b.close()
+
+
+async def test_one_half_open_probe_across_instances(redis_server: RedisServer, prefix: str) -> None:
+    a, b = state(redis_server.url, prefix), state(redis_server.url, prefix)
+    now = time.time()
+    h = await a.record("t", False, now, 1, 10)
+    assert h.breaker == "open"
+    assert (await b.health(["t"]))[0].breaker == "open"
+    later = now + 11
+    grants = await asyncio.gather(
+        *(s.take_probe("t", later, 10) for _ in range(10) for s in (a, b))
+    )
+    assert grants.count(True) == 1
+    h = await b.record("t", True, later, 1, 10)
+    assert h.breaker == "closed"
+    await a.close()
+    await b.close()
+
+
+async def test_every_key_has_a_ttl_after_a_run(
+    redis_server: RedisServer, prefix: str, fakes: Any, aiohttp_client: Any
+) -> None:
+    [(fake, url)] = await fakes(1)
+    tree = config_tree(
+        [url],
+        usage_window=60,
+        state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix},
+    )
+    tree["providers"][0]["api_keys"] = [{"key": "sk-a", "rpm": 100, "tpm": 100000}, "sk-b"]
+    tree["api_keys"][0].update(rpm=100, tpm=100000, budget_usd=10)
+    tree["groups"][0]["models"][0].update(input_cost=1, output_cost=1)
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    fake.script.extend([status(500), status(429, {"Retry-After": "5"})])
+    for _ in range(6):
+        r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+        assert r.status == 200
+    r = await client.post(CHAT, json={"model": "g", "stream": True}, headers=ALICE)
+    await r.read()
+    db = redis.Redis.from_url(redis_server.url)
+    keys = list(db.scan_iter(f"{prefix}:*"))
+    kinds = {k.decode().rsplit(":", 1)[1] for k in keys}
+    assert {"usage", "win", "health", "w", "total"} <= kinds
+    ttls = {k.decode(): db.ttl(k) for k in keys}
+    assert all(t > 0 for t in ttls.values()), ttls
+    # A target's keys share one hash tag, so Redis Cluster keeps them in one slot.
+    assert any(k.startswith(f"{prefix}:{{p0/p0#0/up-0}}:") for k in ttls)
+    db.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[FakeProvider, str, BackgroundLoop]]:
+    from aiohttp import web
+
+    bg = BackgroundLoop()
+    fake = FakeProvider()
+    runner = web.AppRunner(fake.app())
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    port = bg.run(start())
+    yield fake, f"http://127.0.0.1:{port}/v1", bg
+    bg.run(runner.cleanup())
+    bg.close()
+
+
+def write_config(tmp: Path, tree: dict[str, Any]) -> str:
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+async def _load(urls: list[str], n: int, body: dict[str, Any] | None = None) -> list[int]:
+    """n requests spread over the routers, 8 at a time; the statuses."""
+    sem = asyncio.Semaphore(8)
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def one(i: int) -> int:
+            async with sem:
+                r = await client.post(urls[i % len(urls)] + CHAT, json=body or {"model": "g"},
+                                      headers=ALICE)  # fmt: skip
+                return r.status_code
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_two_routers_split_tokens_by_weight_within_5_percent(
+    redis_server: RedisServer, prefix: str, upstream: Any, tmp_path: Path
+) -> None:
+    fake, url, _ = upstream
+    tree = config_tree(
+        [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+    )
+    tree["providers"][0]["api_keys"] = ["sk-a", "sk-b"]
+    tree["groups"][0]["models"] = [
+        {"provider": "p0", "name": "m-light", "weight": 1},
+        {"provider": "p0", "name": "m-heavy", "weight": 3},
+    ]
+    path = write_config(tmp_path, tree)
+    routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
+    try:
+        statuses = asyncio.run(_load([r.url for r in routers], 400))
+    finally:
+        for r in routers:
+            r.stop()
+    assert statuses.count(200) == 400
+    models: dict[str, int] = {}
+    for seen in fake.seen:
+        models[seen.json["model"]] = models.get(seen.json["model"], 0) + 1
+    # Every reply has the same token count, so calls are tokens: weights 1 and 3 -> 3:1.
+    share = models["m-light"] / 400
+    assert abs(share - 0.75) <= 0.05, models
+    print(
+        f"\nbalance: m-light {share:.3f} of tokens (configured 0.750), error {abs(share - 0.75):.3f}"
+    )
+
+
+def test_client_rpm_limit_is_global_across_routers(
+    redis_server: RedisServer, prefix: str, upstream: Any, tmp_path: Path
+) -> None:
+    _, url, _ = upstream
+    tree = config_tree(
+        [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+    )
+    tree["api_keys"][0]["rpm"] = 10
+    path = write_config(tmp_path, tree)
+    routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
+    try:
+        statuses = asyncio.run(_load([r.url for r in routers], 30))
+    finally:
+        for r in routers:
+            r.stop()
+    assert statuses.count(200) == 10 and statuses.count(429) == 20
+
+
+def test_redis_outage_never_hangs_a_request(upstream: Any, tmp_path: Path) -> None:
+    _, url, _ = upstream
+    server = RedisServer()  # its own, since this one is killed
+    tree = config_tree(
+        [url], state={"backend": "redis", "redis_url": server.url, "prefix": "outage"}
+    )
+    router = RouterProcess(["--config", write_config(tmp_path, tree)], cwd=tmp_path)
+    db = redis.Redis.from_url(server.url)
+    try:
+        assert httpx.get(router.url + "/health").json() == {"status": "ok", "state": "ok"}
+        assert asyncio.run(_load([router.url], 10)).count(200) == 10
+        server.stop()
+        started = time.monotonic()
+        statuses = asyncio.run(_load([router.url], 20))
+        assert statuses.count(200) == 20
+        assert time.monotonic() - started < 10  # 20 requests, none waiting on Redis for long
+        assert httpx.get(router.url + "/health").json()["state"] == "degraded"
+        server.start()
+        deadline = time.monotonic() + 10
+        while httpx.get(router.url + "/health").json()["state"] != "ok":
+            assert time.monotonic() < deadline, "the router did not reconnect"
+            time.sleep(0.1)
+        assert asyncio.run(_load([router.url], 5)).count(200) == 5
+        # Shared state resumed: the new requests' usage is in Redis again.
+        assert any(db.scan_iter("outage:*:usage"))
+    finally:
+        db.close()
+        code, out = router.stop()
+        server.stop()
+    assert out.count("redis unreachable") == 1  # logged once per transition
+    assert "shared state resumed" in out
+
+
+def test_in_flight_reservations_are_seen_by_the_other_router(
+    redis_server: RedisServer, prefix: str, upstream: Any, tmp_path: Path
+) -> None:
+    """With per-process state both routers would send their first request to the first key."""
+    from tests.fakes import slow
+
+    fake, url, _ = upstream
+    tree = config_tree(
+        [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+    )
+    path = write_config(tmp_path, tree)
+    routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
+    fake.script.extend([slow(0.5), slow(0.5)])
+
+    async def both() -> list[str]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            first = asyncio.create_task(
+                client.post(routers[0].url + CHAT, json={"model": "g"}, headers=ALICE)
+            )
+            await asyncio.sleep(0.2)  # the first is in flight, holding its reservation
+            second = await client.post(routers[1].url + CHAT, json={"model": "g"}, headers=ALICE)
+            return [(await first).headers["x-llm-router-key"], second.headers["x-llm-router-key"]]
+
+    try:
+        keys = asyncio.run(both())
+    finally:
+        for r in routers:
+            r.stop()
+    assert keys == ["p0#0", "p0#1"]
