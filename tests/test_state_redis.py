@@ -180,9 +180,8 @@ def test_two_routers_split_tokens_by_weight_within_5_percent(
     # Every reply has the same token count, so calls are tokens: weights 1 and 3 -> 3:1.
     share = models["m-light"] / 400
     assert abs(share - 0.75) <= 0.05, models
-    print(
-        f"\nbalance: m-light {share:.3f} of tokens (configured 0.750), error {abs(share - 0.75):.3f}"
-    )
+    error = abs(share - 0.75)
+    print(f"\nbalance: m-light {share:.3f} of tokens (configured 0.750), error {error:.3f}")
 
 
 def test_client_rpm_limit_is_global_across_routers(
