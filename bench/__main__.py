@@ -134,11 +134,15 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-def write_config(path: Path, upstream: str, port: int, log_level: str) -> None:
+def write_config(
+    path: Path, upstream: str, port: int, log_level: str, redis_url: str | None = None
+) -> None:
+    state = {"backend": "redis", "redis_url": redis_url} if redis_url else {"backend": "memory"}
     path.write_text(
         json.dumps(
             {
                 "port": port,
+                "state": state,
                 "api_keys": [{"name": "bench", "key": KEY}],
                 "groups": [
                     {"name": "bench", "models": [{"provider": "up", "name": "bench-model"}]}
@@ -163,7 +167,8 @@ def main() -> int:
     up_port, bare_port, router_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     write_config(tmp / "config.json", upstream, router_port, args.log_level)
-    procs = {"upstream": start([str(HERE / "upstream.py"), str(up_port)])}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs["upstream"] = start([str(HERE / "upstream.py"), str(up_port)])
     procs["bare"] = start(
         [str(HERE / "bare_proxy.py"), str(bare_port), f"http://127.0.0.1:{up_port}"]
     )
@@ -174,13 +179,28 @@ def main() -> int:
         "bare": (f"http://127.0.0.1:{bare_port}/v1/chat/completions", False),
         "router": (f"http://127.0.0.1:{router_port}/v1/chat/completions", True),
     }
+    proxies = ["bare", "router"]
+    redis_bin = shutil.which("redis-server")
+    if redis_bin:  # the same router with its state in Redis, measured in the same run
+        redis_port, rr_port = free_port(), free_port()
+        procs["redis"] = subprocess.Popen(
+            [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)
+        write_config(tmp / "redis.json", upstream, rr_port, args.log_level,
+                     f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
+        cmd = ["-m", "router", "serve", "--config", str(tmp / "redis.json")]
+        procs["router-redis"] = start([*cmd, "--port", str(rr_port)])
+        urls["router-redis"] = (f"http://127.0.0.1:{rr_port}/v1/chat/completions", True)
+        proxies.append("router-redis")
     use_wrk = shutil.which("wrk") is not None
     results: dict[str, dict[str, float]] = {k: {} for k in urls}
     try:
-        for name in ("bare", "router"):  # warm both up
+        for name in proxies:  # warm up
             asyncio.run(latencies(urls[name][0], 200, urls[name][1], False))
         for _ in range(args.rounds):
-            for name in ("bare", "router"):
+            for name in proxies:
                 url, auth = urls[name]
                 if use_wrk:
                     rps = wrk_rps(url, args.connections, args.seconds, auth)
@@ -191,7 +211,7 @@ def main() -> int:
             lat = asyncio.run(latencies(url, args.requests, auth, False))
             ttfb = asyncio.run(latencies(url, args.requests // 2, auth, True))
             results[name].update(p50=pct(lat, 0.5), p99=pct(lat, 0.99), ttfb=pct(ttfb, 0.5))
-        for name in ("bare", "router"):
+        for name in proxies:
             results[name]["rss"] = peak_rss_mib(procs[name].pid)
     finally:
         for p in procs.values():
@@ -219,6 +239,23 @@ def main() -> int:
     print(f"|{'-' * 32}|{'-' * 14}|{'-' * 14}|{'-' * 9}|")
     for row in rows:
         print(f"| {row[0]:<30} | {row[1]:>12} | {row[2]:>12} | {row[3]:>7} |")
+    if "router-redis" in results:
+        rr = results["router-redis"]
+        print("\nstate backend, same run:")
+        print(f"| {'measure':<30} | {'memory':>12} | {'redis':>12} | {'ratio':>7} |")
+        print(f"|{'-' * 32}|{'-' * 14}|{'-' * 14}|{'-' * 9}|")
+        print(
+            f"| {f'requests/s at {args.connections} connections':<30} | {r['rps']:>12.0f} |"
+            f" {rr['rps']:>12.0f} | {rr['rps'] / r['rps']:>6.2f}x |"
+        )
+        for key, label in (
+            ("p50", "added latency p50 (1 conn)"),
+            ("p99", "added latency p99 (1 conn)"),
+        ):
+            mem, red = (r[key] - d[key]) * 1000, (rr[key] - d[key]) * 1000
+            print(
+                f"| {label:<30} | {mem:>9.2f} ms | {red:>9.2f} ms | {red / max(mem, 1e-6):>6.2f}x |"
+            )
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

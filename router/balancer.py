@@ -91,8 +91,7 @@ class Balancer:
             return None, []
         now = self.clock()
         ids = [t.id for t in pool]
-        loads = await self.state.loads(ids)
-        health = await self.state.health(ids)
+        loads, health = await self.state.view(ids)
         blocked: list[Blocked] = []
         ready: list[tuple[float, int, Target, breaker.Health]] = []
         for i, (t, load, h) in enumerate(zip(pool, loads, health, strict=True)):

@@ -170,3 +170,29 @@ def test_sighup_reloads_and_refuses_a_broken_config(tmp_path: Path, fake_upstrea
         code, out = server.stop()
     assert "reload refused" in out
     assert code == 0
+
+
+def test_workers_share_one_port(tmp_path: Path) -> None:
+    env = {"LLM_ROUTER_CONFIG": "", "LLM_ROUTER_API_KEY": ""}
+    server = Server(["--workers", "2"], cwd=tmp_path, env=env)
+    try:
+        children = [
+            p for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _ppid(p) == server.proc.pid
+            and b"spawn_main" in (p / "cmdline").read_bytes()
+        ]  # fmt: skip
+        assert len(children) == 2
+        for _ in range(10):
+            assert httpx.get(server.url + "/health").status_code == 200
+    finally:
+        code, _ = server.stop()
+    assert code == 0
+    assert all(not (p / "cmdline").exists() for p in children)
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])

@@ -41,11 +41,14 @@ async def test_reservations_count_and_expire_on_their_own(
     await a.start()
     await b.start()
     await a.reserve("t1", 100)
+    await a.flush()  # writes that need no answer go out in the background
     assert await b.loads(["t1", "t2"]) == [100.0, 0.0]  # the other router sees it
     await a.settle("t1", 100, 42)
+    await a.flush()
     assert await b.loads(["t1"]) == [42.0]
     # A router that dies holding a reservation: it is gone after `hold` seconds.
     await a.reserve("t1", 1000)
+    await a.flush()
     assert await b.loads(["t1"]) == [1042.0]
     await asyncio.sleep(0.7)
     assert await b.loads(["t1"]) == [42.0]

@@ -37,6 +37,9 @@ class StateBackend(Protocol):
     async def loads(self, keys: Sequence[str]) -> list[float]:
         """Windowed usage plus in-flight reservations, one number per key, in order."""
 
+    async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
+        """loads() and health() together: all a pick needs to read, in one round trip."""
+
     async def reserve(self, key: str, tokens: float) -> None: ...
 
     async def settle(self, key: str, reserved: float, used: float) -> None:

@@ -105,8 +105,3 @@ end
 return 1
 """
 )
-ADD_TOTAL = """
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""

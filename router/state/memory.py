@@ -74,6 +74,9 @@ class MemoryState:
         c = self._get(key)
         return Usage(window=self._windowed(c), total=c.total, reserved=c.reserved)
 
+    async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
+        return await self.loads(keys), await self.health(keys)
+
     async def health(self, keys: Sequence[str]) -> list[Health]:
         return [self._health.get(k) or _HEALTHY for k in keys]
 

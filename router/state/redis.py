@@ -10,6 +10,7 @@ unreachable the router serves on a local MemoryState, watching for Redis to come
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -24,7 +26,7 @@ from redis.exceptions import RedisError
 from router.breaker import Health
 from router.config import State as StateConfig
 from router.state import WINDOW, Clock, Usage, Window
-from router.state.lua import ADD_TOTAL, COOL, LOADS, PROBE, RECORD, TAKE, WINDOWS
+from router.state.lua import COOL, LOADS, PROBE, RECORD, TAKE, WINDOWS
 from router.state.memory import MemoryState
 
 log = logging.getLogger("router.state")
@@ -69,14 +71,17 @@ class RedisState:
         self._scripts = {
             name: self.client.register_script(src)
             for name, src in (("loads", LOADS), ("take", TAKE), ("windows", WINDOWS),
-                              ("probe", PROBE), ("record", RECORD), ("cool", COOL),
-                              ("add_total", ADD_TOTAL))
+                              ("probe", PROBE), ("record", RECORD), ("cool", COOL))
         }  # fmt: skip
         self._ids = itertools.count()
         self._me = os.urandom(6).hex()  # makes window and reservation members unique
         self._held: dict[str, list[tuple[str, float]]] = {}  # our reservations per key
         self._down = False
         self._watcher: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._pending: list[Callable[[Pipeline], Awaitable[None]]] = []
+        self._kick = asyncio.Event()
+        self._busy = False
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -108,6 +113,44 @@ class RedisState:
             log.error("redis unreachable (%s): serving on local state until it is back",
                       type(exc).__name__)  # fmt: skip
 
+    def _later(self, fill: Callable[[Pipeline], Awaitable[None]]) -> None:
+        """Queue a write; the writer sends what has queued up in one pipeline.
+
+        Writes that need no answer (reservations, usage, successes, window hits) leave the
+        request path this way; reads and atomic checks stay synchronous.
+        """
+        if self._down:
+            return  # the local copy has it; a reservation in Redis would expire anyway
+        self._pending.append(fill)
+        self._kick.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="redis-state-writer")
+
+    async def _write(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            ops, self._pending = self._pending, []
+            if not ops:
+                continue
+            self._busy = True
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT * 4):
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for fill in ops:
+                            await fill(pipe)
+                        await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._mark_down(exc)
+            finally:
+                self._busy = False
+
+    async def flush(self) -> None:
+        """Wait until every queued write has been sent (tests, and a clean shutdown)."""
+        async with asyncio.timeout(CALL_TIMEOUT * 8):
+            while self._pending or self._busy:
+                await asyncio.sleep(0.002)
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(0.5)
@@ -130,9 +173,13 @@ class RedisState:
         self._watcher = asyncio.create_task(self._watch(), name="redis-state-watcher")
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        if not self._down:
+            with contextlib.suppress(TimeoutError):
+                await self.flush()
+        for task in (self._watcher, self._writer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.client.aclose()
 
     # -- balancing ------------------------------------------------------------------
@@ -146,6 +193,23 @@ class RedisState:
                 )
             return list(await pipe.execute())
 
+    async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
+        """Loads and health in one round trip: what a pick needs."""
+
+        async def remote() -> tuple[list[float], list[Health]]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    keys3 = [self.k(key, "usage"), self.k(key, "held"), self.k(key, "win")]
+                    await self._scripts["loads"](
+                        keys=keys3, args=[self.clock(), self.window], client=pipe
+                    )
+                    pipe.hgetall(self.k(key, "health"))
+                out = await pipe.execute()
+            loads = [float(u) + float(r) for u, r, _ in out[::2]]
+            return loads, [_health(raw) for raw in out[1::2]]
+
+        return await self._guard(remote, lambda: self.local.view(keys))
+
     async def loads(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
             return [float(u) + float(r) for u, r, _ in await self._loads3(keys)]
@@ -156,15 +220,13 @@ class RedisState:
         member = self._member(tokens)
         self._held.setdefault(key, []).append((member, tokens))
 
-        async def remote() -> None:
+        async def fill(pipe: Pipeline) -> None:
             held = self.k(key, "held")
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zadd(held, {member: self.clock() + self.hold})
-                pipe.expire(held, int(self.hold) + 60)
-                await pipe.execute()
+            pipe.zadd(held, {member: self.clock() + self.hold})
+            pipe.expire(held, int(self.hold) + 60)
 
         await self.local.reserve(key, tokens)
-        await self._guard(remote, _nothing)
+        self._later(fill)
 
     async def settle(self, key: str, reserved: float, used: float) -> None:
         mine = self._held.get(key, [])
@@ -174,21 +236,19 @@ class RedisState:
             if not mine:
                 self._held.pop(key, None)
 
-        async def remote() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                if member is not None:
-                    pipe.zrem(self.k(key, "held"), member)
-                if used:
-                    pipe.hincrbyfloat(self.k(key, "usage"), "total", used)
-                    pipe.expire(self.k(key, "usage"), USAGE_TTL)
-                    if self.window:
-                        win = self.k(key, "win")
-                        pipe.hincrbyfloat(win, str(int(self.clock())), used)
-                        pipe.expire(win, int(self.window) + 60)
-                await pipe.execute()
+        async def fill(pipe: Pipeline) -> None:
+            if member is not None:
+                pipe.zrem(self.k(key, "held"), member)
+            if used:
+                pipe.hincrbyfloat(self.k(key, "usage"), "total", used)
+                pipe.expire(self.k(key, "usage"), USAGE_TTL)
+                if self.window:
+                    win = self.k(key, "win")
+                    pipe.hincrbyfloat(win, str(int(self.clock())), used)
+                    pipe.expire(win, int(self.window) + 60)
 
         await self.local.settle(key, reserved, used)
-        await self._guard(remote, _nothing)
+        self._later(fill)
 
     async def usage(self, key: str) -> Usage:
         async def remote() -> Usage:
@@ -218,12 +278,19 @@ class RedisState:
     async def record(
         self, key: str, ok: bool, now: float, threshold: int, cooldown: float
     ) -> Health:
+        args = [int(ok), now, threshold, cooldown, HEALTH_TTL]
+        keys = [self.k(key, "health")]
+
         async def remote() -> Health:
-            args = [int(ok), now, threshold, cooldown, HEALTH_TTL]
-            raw = await self._scripts["record"](keys=[self.k(key, "health")], args=args)
-            return _health(raw)
+            return _health(await self._scripts["record"](keys=keys, args=args))
+
+        async def fill(pipe: Pipeline) -> None:
+            await self._scripts["record"](keys=keys, args=args, client=pipe)
 
         local = await self.local.record(key, ok, now, threshold, cooldown)
+        if ok:  # successes are the common case: written behind; failures at once
+            self._later(fill)
+            return local
         return await self._guard(remote, lambda: _value(local))
 
     async def cool(self, key: str, until: float, rate_limited: bool) -> None:
@@ -260,15 +327,13 @@ class RedisState:
         return await self._guard(remote, lambda: self.local.take(key, amount, limit, now))
 
     async def hit(self, key: str, amount: float, now: float) -> None:
-        async def remote() -> None:
+        async def fill(pipe: Pipeline) -> None:
             w = self.k(key, "w")
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zadd(w, {self._member(amount): now})
-                pipe.expire(w, int(WINDOW) + 1)
-                await pipe.execute()
+            pipe.zadd(w, {self._member(amount): now})
+            pipe.expire(w, int(WINDOW) + 1)
 
         await self.local.hit(key, amount, now)
-        await self._guard(remote, _nothing)
+        self._later(fill)
 
     async def totals(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
@@ -280,11 +345,12 @@ class RedisState:
         return await self._guard(remote, lambda: self.local.totals(keys))
 
     async def add_total(self, key: str, amount: float, ttl: float) -> None:
-        async def remote() -> None:
-            await self._scripts["add_total"](keys=[self.k(key, "total")], args=[amount, int(ttl)])
+        async def fill(pipe: Pipeline) -> None:
+            pipe.incrbyfloat(self.k(key, "total"), amount)
+            pipe.expire(self.k(key, "total"), int(ttl), nx=True)
 
         await self.local.add_total(key, amount, ttl)
-        await self._guard(remote, _nothing)
+        self._later(fill)
 
 
 async def _nothing() -> None:
