@@ -18,8 +18,8 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from router import proxy
-from router.auth import Authenticator
+from router import proxy, status
+from router.auth import ANONYMOUS, Authenticator
 from router.balancer import Balancer
 from router.compression import compress, negotiate
 from router.config import Config
@@ -30,12 +30,26 @@ from router.errors import (
     error_response,
     from_http_exception,
 )
-from router.keys import CLIENT, LIVE, REQUEST_ID, SESSION, STATE, UPSTREAMS, Live, Runtime
+from router.keys import (
+    CLIENT,
+    LIVE,
+    METRICS,
+    REQUEST_ID,
+    SESSION,
+    STATE,
+    UPSTREAMS,
+    USAGE_LOG,
+    Live,
+    Runtime,
+)
 from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
+from router.metrics import Metrics
 from router.mock import MockUpstream
+from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
 from router.upstream import HttpUpstream, Upstream
+from router.usagelog import UsageLog
 
 log = logging.getLogger("router")
 ACCESS = web.AppKey("access", AccessLog)
@@ -81,7 +95,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
     try:
-        if request.path.startswith("/v1/") and request.method != "OPTIONS":
+        if request.method != "OPTIONS" and (
+            request.path.startswith("/v1/") or request.path == "/status"
+        ):
             request[CLIENT] = runtime.auth.check(request.headers.get("Authorization"))
         response = await handler(request)
     except RouterError as exc:
@@ -95,6 +111,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         response = error_response(RouterError("The router hit an internal error."))
     if not response.prepared and isinstance(response, web.Response):
         _maybe_compress(request, response, runtime.config)
+    seconds = time.perf_counter() - started
+    call = request.get(CALL)
+    if call is not None or request.path in PROXIED:
+        _observe(request, response.status, call, seconds, rid)
     access = request.app[ACCESS]
     if access.enabled:
         access.add(
@@ -104,9 +124,44 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             response.status,
             request.path,
             response.headers.get("x-llm-router-key", "-"),
-            (time.perf_counter() - started) * 1000,
+            seconds * 1000,
         )
     return response
+
+
+def _observe(
+    request: web.Request, status: int, call: Call | None, seconds: float, rid: str
+) -> None:
+    """Metrics and the usage log line for one proxied request."""
+    client = request.get(CLIENT, ANONYMOUS)
+    target = call.target if call else None
+    group = call.group if call else ""
+    attempts = call.started if call else 0
+    ttft = call.ttft if call else None
+    request.app[METRICS].request_done(group, target, client, status, seconds, ttft, attempts)
+    usage_log = request.app.get(USAGE_LOG)
+    if usage_log is None:
+        return
+    tokens = call.tokens if call else None
+    usage_log.add(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+            "request_id": rid,
+            "client": client,
+            "group": group or None,
+            "provider": target.provider.name if target else None,
+            "model": target.model.name if target else None,
+            "key": target.label if target else None,
+            "prompt_tokens": tokens.prompt if tokens else 0,
+            "completion_tokens": tokens.completion if tokens else 0,
+            "cost_usd": round(call.cost, 8) if call else 0.0,
+            "latency_ms": round(seconds * 1000, 1),
+            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
+            "status": status,
+            "attempts": attempts,
+            "stream_error": call.stream_error if call else None,
+        }
+    )
 
 
 def _maybe_compress(request: web.Request, response: web.Response, config: Config) -> None:
@@ -163,6 +218,9 @@ def create_app(
     app[LIVE] = Live(build_runtime(config, app[STATE], clock))
     app[STARTED] = int(time.time())
     app[ACCESS] = AccessLog(config.logging.format)
+    app[METRICS] = Metrics()
+    if config.usage_log:
+        app[USAGE_LOG] = UsageLog(config.usage_log)
     app.cleanup_ctx.append(_resources)
 
     def route(path: str, handler: Handler, *methods: str) -> None:
@@ -174,6 +232,9 @@ def create_app(
         route(path, proxy.handle, "POST")
     route("/v1/models", models, "GET")
     route("/health", health, "GET")
+    route("/metrics", status.metrics, "GET")
+    route("/status", status.status, "GET")
+    route("/dashboard", status.dashboard, "GET")
     catch_all = app.router.add_resource("/{tail:.*}")
     for method in METHODS:
         catch_all.add_route(method, not_found)
@@ -208,12 +269,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
     app[UPSTREAMS] = upstreams
     await app[STATE].start()
-    flusher = asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")
+    tasks = [asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")]
+    usage_log = app.get(USAGE_LOG)
+    if usage_log is not None:
+        tasks.append(asyncio.create_task(usage_log.run(), name="usage-log-writer"))
     try:
         yield
     finally:
-        flusher.cancel()
-        await asyncio.gather(flusher, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         app[ACCESS].flush()
+        if usage_log is not None:
+            await usage_log.flush()
         await session.close()
         await app[STATE].close()

@@ -140,15 +140,16 @@ class Balancer:
 
     async def finish(
         self, target: Target, reserved: float, used: float, failed: bool | None
-    ) -> None:
+    ) -> breaker.Health | None:
         """Swap the reservation for real usage and record the outcome (None: no verdict)."""
         penalty = self.request_penalty + (self.error_penalty if failed else 0.0)
         await self.state.settle(target.id, reserved + self.request_penalty, used + penalty)
         now = self.clock()
         if target.key.tpm:
             await self.state.hit(f"tpm:{target.key_id}", used - reserved, now)
-        if failed is not None:
-            await self.state.record(target.id, not failed, now, self.threshold, self.cooldown)
+        if failed is None:
+            return None
+        return await self.state.record(target.id, not failed, now, self.threshold, self.cooldown)
 
     async def cool(self, target: Target, seconds: float, rate_limited: bool) -> None:
         await self.state.cool(target.id, self.clock() + seconds, rate_limited)

@@ -220,7 +220,6 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     # Settings whose features are not built yet: refusing them beats ignoring them.
     unbuilt = [
         ("cache.backend", cfg.cache.backend != "none"),
-        ("usage_log", cfg.usage_log is not None),
     ]
     errors.extend(f"{path}: not supported by this version yet" for path, on in unbuilt if on)
     if cfg.port > 65535:

@@ -11,8 +11,10 @@ from router.auth import Authenticator
 from router.balancer import Balancer
 from router.config import Config
 from router.limits import ClientLimits
+from router.metrics import Metrics
 from router.state import StateBackend
 from router.upstream import Upstream
+from router.usagelog import UsageLog
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ LIVE = web.AppKey("live", Live)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 STATE = web.AppKey[StateBackend]("state")
 UPSTREAMS = web.AppKey[dict[str, Upstream]]("upstreams")
+
+METRICS = web.AppKey("metrics", Metrics)
+USAGE_LOG = web.AppKey("usage_log", UsageLog)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT = web.RequestKey("client", str)

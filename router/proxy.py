@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from router.keys import CLIENT, LIVE, UPSTREAMS, Runtime
+from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
 from router.payload import Tokens
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
@@ -52,14 +53,24 @@ class Attempt:
 class Call:
     """One client request on its way through the router."""
 
+    group: str
     path: str
     raw: bytes
     body: dict[str, object]
     stream: bool
     reserve: float
     client: str
+    began: float  # perf_counter at arrival
     attempts: list[Attempt] = field(default_factory=list)
     started: int = 0  # upstream calls made, hedges included
+    target: Target | None = None  # the one whose reply the client got
+    tokens: Tokens | None = None
+    cost: float = 0.0
+    ttft: float | None = None  # streams: seconds to the first event
+    stream_error: str | None = None
+
+
+CALL = web.RequestKey("call", Call)
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -72,6 +83,7 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    began = time.perf_counter()
     runtime = request.app[LIVE].runtime
     raw = await request.read()
     body = payload.parse(raw)
@@ -80,7 +92,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     reserve = payload.estimate(raw, body, path == "/embeddings")
     client = request.get(CLIENT, ANONYMOUS)
     await runtime.limits.admit(client, reserve)
-    call = Call(path, raw, body, body.get("stream") is True, reserve, client)
+    group = str(body["model"])
+    call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
+    request[CALL] = call
     encoding = None
     if runtime.config.compression.enabled:
         encoding = negotiate(request.headers.get("Accept-Encoding", ""))
@@ -112,7 +126,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             continue
         if target not in tried:
             tried.append(target)
-        hedge = balancer.hedge_after.get(str(body["model"]))
+        hedge = balancer.hedge_after.get(group)
         if hedge is not None and len(call.attempts) + 1 < retry.attempts:
             response = await _hedged(request, runtime, call, targets, tried, encoding, hedge)
         else:
@@ -181,6 +195,9 @@ async def _attempt(
 ) -> web.StreamResponse | None:
     """One upstream call. Returns the client's response, or None after recording a failure."""
     balancer = runtime.balancer
+    metrics = request.app[METRICS]
+    metrics.attempt_started(target)
+    began = time.perf_counter()
     call.started += 1
     stream = call.stream and call.path in _STREAMABLE
     add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
@@ -200,6 +217,7 @@ async def _attempt(
                 return None
             if claim:
                 claim()
+            call.target = target
             failed = None  # the request's fault, not the target's: no verdict on its health
             return web.Response(
                 status=reply.status, body=data, headers=_headers(reply, target, call)
@@ -209,8 +227,10 @@ async def _attempt(
             first = await relay.first()
             if claim:
                 claim()
+            call.target, call.ttft = target, time.perf_counter() - call.began
             resp = await relay.relay(request, first, _headers(reply, target, call), encoding)
             failed = relay.outcome.error is not None
+            call.stream_error = relay.outcome.error
             if relay.outcome.client_gone:
                 failed = None
             return resp
@@ -219,6 +239,7 @@ async def _attempt(
         failed = False
         if claim:
             claim()
+        call.target = target
         headers = _headers(reply, target, call)
         headers["x-llm-router-cost"] = f"{target.cost(tokens) if tokens else 0.0:.6f}"
         return web.Response(status=reply.status, body=data, headers=headers)
@@ -236,9 +257,14 @@ async def _attempt(
             if tokens is None:  # ended (or the client left) before the usage chunk: estimate
                 tokens = Tokens(int(call.reserve / 2), relay.outcome.events)
         used = float(tokens.total) if tokens else 0.0
-        await balancer.finish(target, call.reserve, used, failed)
+        health = await balancer.finish(target, call.reserve, used, failed)
+        metrics.attempt_done(target, failed, time.perf_counter() - began, health)
         if tokens is not None:
-            await runtime.limits.account(call.client, used, target.cost(tokens))
+            cost = target.cost(tokens)
+            metrics.tokens(target, call.client, tokens.prompt, tokens.completion, cost)
+            await runtime.limits.account(call.client, used, cost)
+            if call.target is target:
+                call.tokens, call.cost = tokens, cost
 
 
 def _usage(data: bytes, reply: Reply) -> Tokens | None:

@@ -162,7 +162,6 @@ def test_invalid_file_is_reported(tmp_path: Path) -> None:
     ("key", "value", "path"),
     [
         ("cache", {"backend": "memory"}, "cache.backend"),
-        ("usage_log", "/tmp/usage.jsonl", "usage_log"),
     ],
 )
 def test_settings_of_features_not_built_yet_are_refused(key: str, value: object, path: str) -> None:

@@ -1,0 +1,114 @@
+"""The usage log: one JSON line per request (never prompt or completion text), written off
+the request path by an owned task, rotated when it grows past a size or the UTC day turns;
+and the rollup behind `llm-router usage`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+MAX_BYTES = 100 * 1024 * 1024
+FLUSH_EVERY = 0.5  # seconds
+
+
+class UsageLog:
+    def __init__(self, path: str, max_bytes: int = MAX_BYTES) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._lines: list[bytes] = []
+        self._day = time.strftime("%Y-%m-%d", time.gmtime())
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._lines.append(orjson.dumps(record) + b"\n")
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            await asyncio.to_thread(self._write, b"".join(lines))
+
+    def _write(self, data: bytes) -> None:
+        self._rotate_if_due(len(data))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            f.write(data)
+
+    def _rotate_if_due(self, incoming: int) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            self._day = day
+            return
+        if day != self._day or size + incoming > self.max_bytes:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            target = self.path.with_name(f"{self.path.name}.{stamp}")
+            n = 1
+            while target.exists():
+                target = self.path.with_name(f"{self.path.name}.{stamp}-{n}")
+                n += 1
+            os.replace(self.path, target)
+            self._day = day
+
+
+def read(path: str) -> Iterator[dict[str, Any]]:
+    """Every record of the log and its rotated files, oldest file first."""
+    files = sorted(glob.glob(glob.escape(path) + ".*")) + [path]
+    for name in files:
+        with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
+            for line in f:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    yield orjson.loads(line)
+
+
+def rollup(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    field = {"day": "time", "model": "model", "key": "key", "client": "client"}[by]
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        name = str(r.get(field) or "-")
+        if by == "day":
+            name = name[:10]
+        row = rows.setdefault(
+            name, {by: name, "requests": 0, "errors": 0, "prompt_tokens": 0,
+                   "completion_tokens": 0, "cost_usd": 0.0, "latency_ms": 0.0},
+        )  # fmt: skip
+        row["requests"] += 1
+        row["errors"] += int(r.get("status", 200)) >= 400 or bool(r.get("stream_error"))
+        row["prompt_tokens"] += r.get("prompt_tokens") or 0
+        row["completion_tokens"] += r.get("completion_tokens") or 0
+        row["cost_usd"] += r.get("cost_usd") or 0.0
+        row["latency_ms"] += r.get("latency_ms") or 0.0
+    out = sorted(rows.values(), key=lambda row: row[by])
+    for row in out:
+        row["latency_ms"] = round(row["latency_ms"] / row["requests"], 1)
+        row["cost_usd"] = round(row["cost_usd"], 6)
+    return out
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(columns, widths, strict=True)))]  # fmt: skip
+    for r in cells:
+        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in
+                               enumerate(zip(r, widths, strict=True))))  # fmt: skip
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6f}".rstrip("0").rstrip(".") if v else "0"
+    return "-" if v is None else str(v)
