@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config and list each group's targets")
     c.add_argument("config_file", nargs="?", help="config file (same as --config)")
     c.add_argument("--config", dest="config_opt", help="config file (YAML or JSON)")
+
+    st = sub.add_parser("status", help="show a running router's targets and clients")
+    st.add_argument("--url", default="http://127.0.0.1:8080", help="the router's base URL")
+    st.add_argument(
+        "--api-key",
+        default=os.environ.get("LLM_ROUTER_API_KEY"),
+        help="a client key (default: $LLM_ROUTER_API_KEY)",
+    )
+    st.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+
+    u = sub.add_parser("usage", help="roll up a usage log")
+    u.add_argument("--log", required=True, help="the usage_log path (rotated files included)")
+    u.add_argument("--by", choices=("day", "model", "key", "client"), default="day")
     return parser
 
 
@@ -48,6 +62,25 @@ def describe(config: Config) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        from router.statuscli import run_status
+
+        return run_status(args.url, args.api_key, args.watch)
+    if args.command == "usage":
+        from router import usagelog
+
+        rows = usagelog.rollup(usagelog.read(args.log), args.by)
+        columns = [
+            args.by,
+            "requests",
+            "errors",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "latency_ms",
+        ]
+        print(usagelog.table(rows, columns) if rows else f"no records in {args.log}")
+        return 0
     if args.command == "check":
         path = discover(args.config_file or args.config_opt)
         try:

@@ -54,3 +54,26 @@ def redis_server() -> Any:
     server = RedisServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fakes_thread() -> Any:
+    """A fake provider on a real port in a background loop, for subprocess routers."""
+    from aiohttp import web
+
+    from tests.fakes import BackgroundLoop
+
+    bg = BackgroundLoop()
+    fake = FakeProvider()
+    runner = web.AppRunner(fake.app())
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    port = bg.run(start())
+    yield fake, f"http://127.0.0.1:{port}/v1"
+    bg.run(runner.cleanup())
+    bg.close()
