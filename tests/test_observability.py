@@ -66,18 +66,28 @@ async def test_metrics_after_traffic(fakes: Any, router: Any) -> None:
     m = samples(text)
     ok = {"group": "g", "provider": "p0", "model": "up-0", "key": "p0#1", "status": "200"}
     assert value(m, "llm_router_requests_total", **ok) == 2
-    assert value(m, "llm_router_requests_total", group="", provider="", model="", key="",
-                 status="404") == 1  # fmt: skip
+    assert (
+        value(m, "llm_router_requests_total", group="", provider="", model="", key="", status="404")
+        == 1
+    )
     assert value(m, "llm_router_request_duration_seconds_count", group="g") == 2
     assert value(m, "llm_router_time_to_first_token_seconds_count", group="g") == 1
-    assert value(m, "llm_router_upstream_duration_seconds_count", provider="p0",
-                 model="up-0") == 3  # fmt: skip
+    assert value(m, "llm_router_upstream_duration_seconds_count", provider="p0", model="up-0") == 3
     k1 = {"provider": "p0", "model": "up-0", "key": "p0#1"}
     assert value(m, "llm_router_prompt_tokens_total", **k1) == 7 + 8
     assert value(m, "llm_router_completion_tokens_total", **k1) == 3 + 2
     assert value(m, "llm_router_cost_usd_total", **k1, client="alice") > 0
-    assert value(m, "llm_router_upstream_attempts_total", provider="p0", model="up-0",
-                 key="p0#0", outcome="error") == 1  # fmt: skip
+    assert (
+        value(
+            m,
+            "llm_router_upstream_attempts_total",
+            provider="p0",
+            model="up-0",
+            key="p0#0",
+            outcome="error",
+        )
+        == 1
+    )
     assert value(m, "llm_router_breaker_state", provider="p0", model="up-0", key="p0#0") == 2
     assert value(m, "llm_router_failovers_total", group="g") == 1
     assert value(m, "llm_router_in_flight_requests") == 0
@@ -114,8 +124,11 @@ async def test_usage_log_lines_have_no_text(fakes: Any, router: Any, tmp_path: P
     log = tmp_path / "usage.jsonl"
     client = await router(tree=priced(url, usage_log=str(log)))
     secret_prompt = "the launch code is 0000"
-    await client.post(CHAT, json={"model": "g", "messages": [{"role": "user", "content": secret_prompt}]},
-                      headers=ALICE)  # fmt: skip
+    await client.post(
+        CHAT,
+        json={"model": "g", "messages": [{"role": "user", "content": secret_prompt}]},
+        headers=ALICE,
+    )
     r = await client.post(CHAT, json={"model": "g", "stream": True}, headers=ALICE)
     await r.read()
     await client.post(CHAT, json={"model": "nope"}, headers=ALICE)
@@ -124,8 +137,20 @@ async def test_usage_log_lines_have_no_text(fakes: Any, router: Any, tmp_path: P
     assert len(lines) == 3
     assert secret_prompt not in log.read_text() and "hello" not in log.read_text()
     first = lines[0]
-    assert {"time", "request_id", "client", "group", "key", "prompt_tokens", "completion_tokens",
-            "cost_usd", "latency_ms", "ttft_ms", "status", "attempts"} <= set(first)  # fmt: skip
+    assert {
+        "time",
+        "request_id",
+        "client",
+        "group",
+        "key",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "ttft_ms",
+        "status",
+        "attempts",
+    } <= set(first)
     assert first["client"] == "alice" and first["key"] == "p0#0" and first["status"] == 200
     assert first["prompt_tokens"] == 7 and first["cost_usd"] > 0 and first["ttft_ms"] is None
     assert lines[1]["ttft_ms"] > 0 and lines[1]["completion_tokens"] == 2
@@ -151,23 +176,63 @@ async def test_usage_log_rotates_by_size_and_by_day(tmp_path: Path) -> None:
 def test_usage_command_rolls_up(tmp_path: Path) -> None:
     log = tmp_path / "usage.jsonl"
     records = [
-        {"time": "2026-11-01T10:00:00Z", "client": "alice", "model": "m1", "key": "k1",
-         "prompt_tokens": 10, "completion_tokens": 5, "cost_usd": 0.5, "latency_ms": 100, "status": 200},
-        {"time": "2026-11-01T11:00:00Z", "client": "bob", "model": "m2", "key": "k1",
-         "prompt_tokens": 1, "completion_tokens": 1, "cost_usd": 0.25, "latency_ms": 300, "status": 200},
-        {"time": "2026-11-02T09:00:00Z", "client": "alice", "model": "m1", "key": "k2",
-         "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0, "latency_ms": 5, "status": 502},
-    ]  # fmt: skip
+        {
+            "time": "2026-11-01T10:00:00Z",
+            "client": "alice",
+            "model": "m1",
+            "key": "k1",
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "cost_usd": 0.5,
+            "latency_ms": 100,
+            "status": 200,
+        },
+        {
+            "time": "2026-11-01T11:00:00Z",
+            "client": "bob",
+            "model": "m2",
+            "key": "k1",
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "cost_usd": 0.25,
+            "latency_ms": 300,
+            "status": 200,
+        },
+        {
+            "time": "2026-11-02T09:00:00Z",
+            "client": "alice",
+            "model": "m1",
+            "key": "k2",
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": 0,
+            "latency_ms": 5,
+            "status": 502,
+        },
+    ]
     log.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     days = rollup(read(str(log)), "day")
     assert [(d["day"], d["requests"], d["errors"], d["cost_usd"]) for d in days] == [
-        ("2026-11-01", 2, 0, 0.75), ("2026-11-02", 1, 1, 0.0)]  # fmt: skip
+        ("2026-11-01", 2, 0, 0.75),
+        ("2026-11-02", 1, 1, 0.0),
+    ]
     assert days[0]["latency_ms"] == 200
-    out = subprocess.run([sys.executable, "-m", "router", "usage", "--log", str(log), "--by", "client"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "usage", "--log", str(log), "--by", "client"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = out.splitlines()
-    assert lines[0].split() == ["client", "requests", "errors", "prompt_tokens",
-                                "completion_tokens", "cost_usd", "latency_ms"]  # fmt: skip
+    assert lines[0].split() == [
+        "client",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+    ]
     assert lines[1].split()[:3] == ["alice", "2", "1"] and lines[2].split()[:2] == ["bob", "1"]
     for by in ("model", "key"):
         rows = rollup(read(str(log)), by)
@@ -191,8 +256,9 @@ def test_status_command_and_json_logs(tmp_path: Path, fakes_thread: Any) -> None
         assert "p0/up-0 (p0#0)" in out.stdout and "closed" in out.stdout and "alice" in out.stdout
         bad = subprocess.run([*cmd, "--api-key", "wrong"], capture_output=True, text=True)
         assert bad.returncode == 1 and "401" in bad.stderr
-        watch = subprocess.Popen([*cmd, "--api-key", "alice-secret", "--watch", "0.3"],
-                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        watch = subprocess.Popen(
+            [*cmd, "--api-key", "alice-secret", "--watch", "0.3"], stdout=subprocess.PIPE, text=True
+        )
         time.sleep(1.5)
         watch.terminate()
         screens = watch.communicate()[0].count("\x1b[H\x1b[2J")
@@ -202,8 +268,11 @@ def test_status_command_and_json_logs(tmp_path: Path, fakes_thread: Any) -> None
     lines = [orjson.loads(line) for line in out.splitlines() if line.strip()]
     access = [line for line in lines if line["logger"] == "router.access"]
     assert len(access) >= 2 and all(len(a["request_id"]) >= 16 for a in access)
-    assert all({"time", "level", "logger", "request_id", "message"} <= set(line) or
-               line["logger"] == "router.access" for line in lines)  # fmt: skip
+    assert all(
+        {"time", "level", "logger", "request_id", "message"} <= set(line)
+        or line["logger"] == "router.access"
+        for line in lines
+    )
     assert "sk-p0" not in out and "alice-secret" not in out
 
 
