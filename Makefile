@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench check redis-server clean
+.PHONY: run test lint bench check system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,19 +24,26 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(BIN)/llm-router check config.example.yaml
 
-# Debian's redis-server for the shared-state tests, installed when missing and possible.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing Debian's redis-server"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	} || echo "warning: could not install redis-server"
+# Debian packages the tests drive for real: redis-server (shared state) and Chromium with
+# its driver (dashboard and CORS in a browser). Installed when missing and possible.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	  || echo "warning: could not install$$missing"; \
+	fi
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-dev redis-server lint
+test: $(VENV)/.installed-dev system-deps lint
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-dev
