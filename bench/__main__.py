@@ -74,8 +74,10 @@ def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
     try:
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(script.name)
     if "Non-2xx" in out:
@@ -135,13 +137,19 @@ def pct(values: list[float], p: float) -> float:
 
 
 def write_config(
-    path: Path, upstream: str, port: int, log_level: str, redis_url: str | None = None
+    path: Path,
+    upstream: str,
+    port: int,
+    log_level: str,
+    redis_url: str | None = None,
+    usage_log: str | None = None,
 ) -> None:
     state = {"backend": "redis", "redis_url": redis_url} if redis_url else {"backend": "memory"}
     path.write_text(
         json.dumps(
             {
                 "port": port,
+                "usage_log": usage_log,
                 "state": state,
                 "api_keys": [{"name": "bench", "key": KEY}],
                 "groups": [
@@ -154,6 +162,31 @@ def write_config(
     )
 
 
+def metrics_cost_us(n: int = 20000) -> float:
+    """CPU time of the metrics calls one request makes, in microseconds."""
+    from router.balancer import Balancer
+    from router.config import parse
+    from router.metrics import Metrics
+    from router.state.memory import MemoryState
+
+    cfg = parse(
+        {
+            "groups": [{"name": "g", "models": [{"provider": "p", "name": "m"}]}],
+            "providers": [{"name": "p", "base_url": "http://127.0.0.1:1/v1", "api_keys": ["k"]}],
+        },
+        env={},
+    )
+    target = Balancer(cfg, MemoryState()).targets("g")[0]
+    m = Metrics()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        m.attempt_started(target)
+        m.attempt_done(target, False, 0.01, None)
+        m.tokens(target, "client", 20, 7, 0.0001)
+        m.request_done("g", target, "client", 200, 0.012, None, 1)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--seconds", type=int, default=8, help="wrk run length")
@@ -161,6 +194,11 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000, help="latency samples per target")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best rps kept")
     ap.add_argument("--log-level", default="info", help="router log level (access log at info)")
+    ap.add_argument(
+        "--observability",
+        action="store_true",
+        help="also measure the router without access log and with a usage log",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
@@ -172,14 +210,26 @@ def main() -> int:
     procs["bare"] = start(
         [str(HERE / "bare_proxy.py"), str(bare_port), f"http://127.0.0.1:{up_port}"]
     )
-    procs["router"] = start(["-m", "router", "serve", "--config", str(tmp / "config.json"),
-                             "--port", str(router_port)])  # fmt: skip
+    procs["router"] = start(
+        ["-m", "router", "serve", "--config", str(tmp / "config.json"), "--port", str(router_port)]
+    )
     urls = {
         "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", False),
         "bare": (f"http://127.0.0.1:{bare_port}/v1/chat/completions", False),
         "router": (f"http://127.0.0.1:{router_port}/v1/chat/completions", True),
     }
     proxies = ["bare", "router"]
+    if args.observability:  # the same router without its access log, and with a usage log
+        for name, level, log in (
+            ("router-quiet", "warning", None),
+            ("router-usage-log", args.log_level, str(tmp / "usage.jsonl")),
+        ):
+            port = free_port()
+            write_config(tmp / f"{name}.json", upstream, port, level, usage_log=log)
+            cmd = ["-m", "router", "serve", "--config", str(tmp / f"{name}.json")]
+            procs[name] = start([*cmd, "--port", str(port)])
+            urls[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", True)
+            proxies.append(name)
     redis_bin = shutil.which("redis-server")
     if redis_bin:  # the same router with its state in Redis, measured in the same run
         redis_port, rr_port = free_port(), free_port()
@@ -188,8 +238,13 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         time.sleep(0.3)
-        write_config(tmp / "redis.json", upstream, rr_port, args.log_level,
-                     f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
+        write_config(
+            tmp / "redis.json",
+            upstream,
+            rr_port,
+            args.log_level,
+            f"redis://127.0.0.1:{redis_port}/0",
+        )
         cmd = ["-m", "router", "serve", "--config", str(tmp / "redis.json")]
         procs["router-redis"] = start([*cmd, "--port", str(rr_port)])
         urls["router-redis"] = (f"http://127.0.0.1:{rr_port}/v1/chat/completions", True)
@@ -225,16 +280,22 @@ def main() -> int:
         return f"{bare:.2f} ms", f"{ours:.2f} ms", f"{ours / max(bare, 1e-6):.2f}x"
 
     rows = [
-        (f"requests/s at {args.connections} connections", f"{b['rps']:.0f}", f"{r['rps']:.0f}",
-         f"{r['rps'] / b['rps']:.2f}x"),
+        (
+            f"requests/s at {args.connections} connections",
+            f"{b['rps']:.0f}",
+            f"{r['rps']:.0f}",
+            f"{r['rps'] / b['rps']:.2f}x",
+        ),
         ("added latency p50 (1 conn)", *added("p50")),
         ("added latency p99 (1 conn)", *added("p99")),
         ("stream TTFB overhead p50", *added("ttfb")),
         ("peak RSS", f"{b['rss']:.1f} MiB", f"{r['rss']:.1f} MiB", f"{r['rss'] / b['rss']:.2f}x"),
-    ]  # fmt: skip
+    ]
     ms = 1000
-    print(f"load generator: {'wrk' if use_wrk else 'aiohttp client (wrk not found)'}; "
-          f"direct upstream p50 {d['p50'] * ms:.2f} ms")  # fmt: skip
+    print(
+        f"load generator: {'wrk' if use_wrk else 'aiohttp client (wrk not found)'}; "
+        f"direct upstream p50 {d['p50'] * ms:.2f} ms"
+    )
     print(f"| {'measure':<30} | {'bare proxy':>12} | {'llm-router':>12} | {'ratio':>7} |")
     print(f"|{'-' * 32}|{'-' * 14}|{'-' * 14}|{'-' * 9}|")
     for row in rows:
@@ -256,6 +317,18 @@ def main() -> int:
             print(
                 f"| {label:<30} | {mem:>9.2f} ms | {red:>9.2f} ms | {red / max(mem, 1e-6):>6.2f}x |"
             )
+    if args.observability:
+        q, u = results["router-quiet"], results["router-usage-log"]
+        print(f"\nobservability, same run (requests/s at {args.connections} connections):")
+        print(
+            f"  no access log: {q['rps']:.0f}; access log (default): {r['rps']:.0f} "
+            f"({r['rps'] / q['rps']:.2f}x); access + usage log: {u['rps']:.0f} "
+            f"({u['rps'] / q['rps']:.2f}x)"
+        )
+        print(
+            f"  metrics and /status bookkeeping: {metrics_cost_us():.1f} us per request "
+            "(measured in-process)"
+        )
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
