@@ -49,7 +49,7 @@ test: $(VENV)/.installed-dev system-deps lint
 bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
 	  echo "wrk not installed: the bench falls back to an aiohttp load generator"
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --observability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

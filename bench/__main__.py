@@ -219,6 +219,12 @@ def main() -> int:
         "router": (f"http://127.0.0.1:{router_port}/v1/chat/completions", True),
     }
     proxies = ["bare", "router"]
+    # The router runs on uvloop when installed (--loop auto); the same on asyncio's loop:
+    port = free_port()
+    cmd = ["-m", "router", "serve", "--config", str(tmp / "config.json"), "--loop", "asyncio"]
+    procs["router-asyncio"] = start([*cmd, "--port", str(port)])
+    urls["router-asyncio"] = (f"http://127.0.0.1:{port}/v1/chat/completions", True)
+    proxies.append("router-asyncio")
     if args.observability:  # the same router without its access log, and with a usage log
         for name, level, log in (
             ("router-quiet", "warning", None),
@@ -300,6 +306,12 @@ def main() -> int:
     print(f"|{'-' * 32}|{'-' * 14}|{'-' * 14}|{'-' * 9}|")
     for row in rows:
         print(f"| {row[0]:<30} | {row[1]:>12} | {row[2]:>12} | {row[3]:>7} |")
+    ra = results["router-asyncio"]
+    print(
+        f"\nrouter on asyncio's own loop (--loop asyncio), same run: {ra['rps']:.0f} requests/s "
+        f"({ra['rps'] / b['rps']:.2f}x the bare proxy), added p50 "
+        f"{(ra['p50'] - d['p50']) * 1000:.2f} ms"
+    )
     if "router-redis" in results:
         rr = results["router-redis"]
         print("\nstate backend, same run:")

@@ -43,6 +43,8 @@ def take_probe(h: Health, now: float, cooldown: float) -> tuple[bool, Health]:
 
 def on_result(h: Health, ok: bool, now: float, threshold: int, cooldown: float) -> Health:
     if ok:
+        if h.breaker == "closed" and not h.failures:
+            return h  # the common case: nothing changes
         return replace(h, breaker="closed", failures=0, until=0.0)
     failures = h.failures + 1
     if h.breaker == "half-open" or failures >= threshold:

@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port to listen on (config: port)")
     s.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     s.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (auto), or asyncio's own",
+    )
+    s.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), help="(config: logging.level)"
     )
 
@@ -103,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path, overrides)
         setup_logging(config.logging, args.log_level)
-        return serve(config, path, overrides, workers=args.workers)
+        return serve(
+            config, path, overrides, workers=args.workers, level=args.log_level, loop=args.loop
+        )
     except ConfigError as exc:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)

@@ -27,6 +27,7 @@ class TargetStats:
     cost: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    breaker: str = "closed"  # as last reported to the gauge
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Metrics:
         self.in_flight = Gauge(
             "llm_router_in_flight_requests", "Upstream calls in progress.", registry=r
         )
+        # Read when scraped: no lock taken twice per call on the request path.
+        self.in_flight.set_function(lambda: sum(t.in_flight for t in self.targets.values()))
         self.breaker = Gauge(
             "llm_router_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
             labels, registry=r,
@@ -91,6 +94,8 @@ class Metrics:
         self.targets: dict[str, TargetStats] = {}
         self.clients: dict[str, ClientStats] = {}
         self._children: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._groups: dict[str, tuple[Any, Any]] = {}
 
     def target(self, t: Target) -> TargetStats:
         stats = self.targets.get(t.id)
@@ -115,18 +120,17 @@ class Metrics:
                 self.breaker.labels(*labels),
                 {o: self.attempts.labels(*labels, o) for o in ("ok", "error", "cancelled")},
             )
+            c[3].set(0)  # closed until told otherwise
         return c
 
     def attempt_started(self, t: Target) -> None:
         self.target(t).in_flight += 1
-        self.in_flight.inc()
 
     def attempt_done(
         self, t: Target, failed: bool | None, seconds: float, health: Health | None
     ) -> None:
         stats = self.target(t)
         stats.in_flight -= 1
-        self.in_flight.dec()
         upstream, _, _, breaker, attempts = self._labelled(t)
         upstream.observe(seconds)
         outcome = "cancelled" if failed is None else ("error" if failed else "ok")
@@ -138,7 +142,8 @@ class Metrics:
             if not failed:
                 ema = stats.latency_ema
                 stats.latency_ema = seconds if ema is None else ema + _ALPHA * (seconds - ema)
-        if health is not None:
+        if health is not None and health.breaker != stats.breaker:
+            stats.breaker = health.breaker
             breaker.set(_BREAKER[health.breaker])
 
     def tokens(self, t: Target, client: str, prompt: int, completion: int, cost: float) -> None:
@@ -166,11 +171,21 @@ class Metrics:
         ttft: float | None,
         attempts: int,
     ) -> None:
-        labels = (t.provider.name, t.model.name, t.label) if t else ("", "", "")
-        self.requests.labels(group, *labels, str(status)).inc()
-        self.request_seconds.labels(group).observe(seconds)
+        key = (group, t.id if t else "", status)
+        counter = self._requests.get(key)
+        if counter is None:
+            labels = (t.provider.name, t.model.name, t.label) if t else ("", "", "")
+            counter = self._requests[key] = self.requests.labels(group, *labels, str(status))
+        counter.inc()
+        per_group = self._groups.get(group)
+        if per_group is None:
+            per_group = self._groups[group] = (
+                self.request_seconds.labels(group),
+                self.ttft.labels(group),
+            )
+        per_group[0].observe(seconds)
         if ttft is not None:
-            self.ttft.labels(group).observe(ttft)
+            per_group[1].observe(ttft)
         if t is not None and attempts > 1 and status < 400:
             self.failovers.labels(group).inc()
         c = self.client(client)

@@ -39,9 +39,11 @@ def parse(raw: bytes) -> dict[str, Any]:
 def _model_value_span(raw: bytes, model: str) -> tuple[int, int] | None:
     """Byte span of the top-level "model" value (quotes included)."""
 
+    plain = b'"' + model.encode() + b'"'
+
     def value_after(key_end: int) -> tuple[int, int] | None:
         m = _AFTER_KEY.match(raw, key_end)
-        if m and orjson.loads(m.group(1)) == model:
+        if m and (m.group(1) == plain or orjson.loads(m.group(1)) == model):
             return m.start(1), m.end(1)
         return None
 

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -90,19 +91,46 @@ def reload(app: web.Application, path: str | None, overrides: dict[str, Any]) ->
     log.info("reloaded %s: %d groups", new.source, len(new.groups))
 
 
-def _worker(config: Config, path: str | None, overrides: dict[str, Any]) -> None:
-    setup_logging(config.logging)
-    asyncio.run(run(config, path, overrides, reuse_port=True))
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked, or for "auto" when it is installed; else asyncio's own loop."""
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigError(["--loop uvloop: uvloop is not installed"]) from None
+        return None
+    return uvloop.new_event_loop
 
 
-def serve(config: Config, path: str | None, overrides: dict[str, Any], workers: int = 1) -> int:
+def _run(coro: Coroutine[Any, Any, None], loop: str) -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(coro)
+
+
+def _worker(
+    config: Config, path: str | None, overrides: dict[str, Any], level: str | None, loop: str
+) -> None:
+    setup_logging(config.logging, level)
+    _run(run(config, path, overrides, reuse_port=True), loop)
+
+
+def serve(
+    config: Config,
+    path: str | None,
+    overrides: dict[str, Any],
+    workers: int = 1,
+    level: str | None = None,
+    loop: str = "auto",
+) -> int:
     check_exposure(config)
     if workers <= 1:
-        asyncio.run(run(config, path, overrides, reuse_port=False))
+        _run(run(config, path, overrides, reuse_port=False), loop)
         return 0
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(config, path, overrides), name=f"worker-{i}")
+        ctx.Process(target=_worker, args=(config, path, overrides, level, loop), name=f"worker-{i}")
         for i in range(workers)
     ]
     for p in procs:

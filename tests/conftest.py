@@ -74,6 +74,6 @@ def fakes_thread() -> Any:
         return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     port = bg.run(start())
-    yield fake, f"http://127.0.0.1:{port}/v1"
+    yield fake, f"http://127.0.0.1:{port}/v1", bg
     bg.run(runner.cleanup())
     bg.close()

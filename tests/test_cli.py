@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,8 +15,8 @@ import orjson
 import pytest
 import yaml
 
-from tests.fakes import BackgroundLoop, FakeProvider, config_tree, free_port
 from tests.fakes import RouterProcess as Server
+from tests.fakes import config_tree, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,32 +86,12 @@ def test_demo_config_requires_a_key_off_loopback(tmp_path: Path) -> None:
     assert "api_key: required" in out.stderr
 
 
-@pytest.fixture
-def fake_upstream() -> Iterator[tuple[FakeProvider, str, BackgroundLoop]]:
-    from aiohttp import web
-
-    bg = BackgroundLoop()
-    fake = FakeProvider()
-    runner = web.AppRunner(fake.app())
-
-    async def start() -> int:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    port = bg.run(start())
-    yield fake, f"http://127.0.0.1:{port}/v1", bg
-    bg.run(runner.cleanup())
-    bg.close()
-
-
-def test_sigterm_drains_an_open_stream(tmp_path: Path, fake_upstream: tuple) -> None:
-    fake, url, bg = fake_upstream
+def test_sigterm_drains_an_open_stream(tmp_path: Path, fakes_thread: tuple) -> None:
+    fake, url, bg = fakes_thread
     fake.gate = bg.run(_event())
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config_tree([url], shutdown_timeout=20)))
-    server = Server(["--config", str(path)], cwd=tmp_path)
+    server = Server(["--config", str(path), "--loop", "asyncio"], cwd=tmp_path)
     headers = {"Authorization": "Bearer alice-secret"}
     body = {"model": "g", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.stream(
@@ -137,8 +116,8 @@ async def _event() -> asyncio.Event:
     return asyncio.Event()
 
 
-def test_sighup_reloads_and_refuses_a_broken_config(tmp_path: Path, fake_upstream: tuple) -> None:
-    _, url, _ = fake_upstream
+def test_sighup_reloads_and_refuses_a_broken_config(tmp_path: Path, fakes_thread: tuple) -> None:
+    _, url, _ = fakes_thread
     path = tmp_path / "config.json"
     tree = config_tree([url])
     path.write_bytes(orjson.dumps(tree))

@@ -240,7 +240,7 @@ def test_usage_command_rolls_up(tmp_path: Path) -> None:
 
 
 def test_status_command_and_json_logs(tmp_path: Path, fakes_thread: Any) -> None:
-    fake, url = fakes_thread
+    fake, url, _ = fakes_thread
     tree = priced(url, logging={"format": "json"})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(tree))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from router.app import create_app
 from router.config import State, parse
 from router.state.redis import RedisState
 from tests.conftest import ALICE
-from tests.fakes import BackgroundLoop, FakeProvider, RouterProcess, config_tree, status
+from tests.fakes import RouterProcess, config_tree, status
 from tests.redis_server import RedisServer
 
 CHAT = "/v1/chat/completions"
@@ -117,26 +116,6 @@ async def test_every_key_has_a_ttl_after_a_run(
     db.close()
 
 
-@pytest.fixture
-def upstream() -> Iterator[tuple[FakeProvider, str, BackgroundLoop]]:
-    from aiohttp import web
-
-    bg = BackgroundLoop()
-    fake = FakeProvider()
-    runner = web.AppRunner(fake.app())
-
-    async def start() -> int:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    port = bg.run(start())
-    yield fake, f"http://127.0.0.1:{port}/v1", bg
-    bg.run(runner.cleanup())
-    bg.close()
-
-
 def write_config(tmp: Path, tree: dict[str, Any]) -> str:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -158,9 +137,9 @@ async def _load(urls: list[str], n: int, body: dict[str, Any] | None = None) -> 
 
 
 def test_two_routers_split_tokens_by_weight_within_5_percent(
-    redis_server: RedisServer, prefix: str, upstream: Any, tmp_path: Path
+    redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
-    fake, url, _ = upstream
+    fake, url, _ = fakes_thread
     tree = config_tree(
         [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
     )
@@ -188,9 +167,9 @@ def test_two_routers_split_tokens_by_weight_within_5_percent(
 
 
 def test_client_rpm_limit_is_global_across_routers(
-    redis_server: RedisServer, prefix: str, upstream: Any, tmp_path: Path
+    redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
-    _, url, _ = upstream
+    _, url, _ = fakes_thread
     tree = config_tree(
         [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
     )
@@ -205,8 +184,8 @@ def test_client_rpm_limit_is_global_across_routers(
     assert statuses.count(200) == 10 and statuses.count(429) == 20
 
 
-def test_redis_outage_never_hangs_a_request(upstream: Any, tmp_path: Path) -> None:
-    _, url, _ = upstream
+def test_redis_outage_never_hangs_a_request(fakes_thread: Any, tmp_path: Path) -> None:
+    _, url, _ = fakes_thread
     server = RedisServer()  # its own, since this one is killed
     tree = config_tree(
         [url], state={"backend": "redis", "redis_url": server.url, "prefix": "outage"}
@@ -239,12 +218,12 @@ def test_redis_outage_never_hangs_a_request(upstream: Any, tmp_path: Path) -> No
 
 
 def test_in_flight_reservations_are_seen_by_the_other_router(
-    redis_server: RedisServer, prefix: str, upstream: Any, tmp_path: Path
+    redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
     """With per-process state both routers would send their first request to the first key."""
     from tests.fakes import slow
 
-    fake, url, _ = upstream
+    fake, url, _ = fakes_thread
     tree = config_tree(
         [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
     )
