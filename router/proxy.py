@@ -128,7 +128,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             tried.append(target)
         hedge = balancer.hedge_after.get(group)
         if hedge is not None and len(call.attempts) + 1 < retry.attempts:
-            response = await _hedged(request, runtime, call, targets, tried, encoding, hedge)
+            response = await _hedged(request, runtime, call, target, tried, encoding, hedge)
         else:
             response = await _attempt(request, runtime, call, target, encoding)
         if response is not None:
@@ -140,12 +140,12 @@ async def _hedged(
     request: web.Request,
     runtime: Runtime,
     call: Call,
-    targets: tuple[Target, ...],
+    first: Target,
     tried: list[Target],
     encoding: str | None,
     hedge_after: float,
 ) -> web.StreamResponse | None:
-    """Call tried[-1]; if it has sent no headers after `hedge_after`, call the next target too.
+    """Call `first`; if it has sent no headers after `hedge_after`, call the next target too.
 
     The first to have its reply in hand claims the client; the other is cancelled, which
     releases its reservation without a verdict on its health.
@@ -165,10 +165,11 @@ async def _hedged(
         coro = _attempt(request, runtime, call, target, encoding, claimer(len(tasks)))
         tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
 
-    start(tried[-1])
+    start(first)
     try:
         done, _ = await asyncio.wait(tasks, timeout=hedge_after)
         if not done:
+            targets = runtime.balancer.targets(call.group)
             second, _ = await runtime.balancer.pick(targets, call.reserve, tried)
             if second is not None:
                 tried.append(second)
