@@ -218,7 +218,8 @@ def create_app(
     app[LIVE] = Live(build_runtime(config, app[STATE], clock))
     app[STARTED] = int(time.time())
     app[ACCESS] = AccessLog(config.logging.format)
-    app[METRICS] = Metrics()
+    state_ = app[STATE]
+    app[METRICS] = Metrics(degraded=lambda: state_.degraded)
     if config.usage_log:
         app[USAGE_LOG] = UsageLog(config.usage_log)
     app.cleanup_ctx.append(_resources)

@@ -16,7 +16,6 @@ from router.keys import LIVE, METRICS, STATE
 
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    m.degraded.set(1 if request.app[STATE].degraded else 0)
     return web.Response(
         body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

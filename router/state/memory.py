@@ -75,7 +75,12 @@ class MemoryState:
         return Usage(window=self._windowed(c), total=c.total, reserved=c.reserved)
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
-        return await self.loads(keys), await self.health(keys)
+        loads, health = [], []
+        for key in keys:
+            c = self._counters.get(key)
+            loads.append(0.0 if c is None else self._windowed(c) + c.reserved)
+            health.append(self._health.get(key) or _HEALTHY)
+        return loads, health
 
     async def health(self, keys: Sequence[str]) -> list[Health]:
         return [self._health.get(k) or _HEALTHY for k in keys]
