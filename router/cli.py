@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from router import __version__
-from router.config import Config, discover
+from router.config import Config
 from router.logs import setup_logging
 from router.schema import ConfigError
 from router.server import load_config, serve
@@ -51,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--log", required=True, help="the usage_log path (rotated files included)")
     u.add_argument("--by", choices=("day", "model", "key", "client"), default="day")
     return parser
+
+
+def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """--config, else $LLM_ROUTER_CONFIG, else ./config.yaml, else ./config.json, else None."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit
+    if env.get("LLM_ROUTER_CONFIG"):
+        return env["LLM_ROUTER_CONFIG"]
+    for name in ("config.yaml", "config.yml", "config.json"):
+        if Path(name).is_file():
+            return name
+    return None
 
 
 def describe(config: Config) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -142,15 +141,6 @@ class Config:
     @property
     def auth_required(self) -> bool:
         return bool(self.client_keys)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -393,16 +383,3 @@ def _logging(r: Reader) -> Logging:
     )
     r.done()
     return out
-
-
-def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str | None:
-    """--config, else $LLM_ROUTER_CONFIG, else ./config.yaml, else ./config.json, else None."""
-    env = os.environ if env is None else env
-    if explicit:
-        return explicit
-    if env.get("LLM_ROUTER_CONFIG"):
-        return env["LLM_ROUTER_CONFIG"]
-    for name in ("config.yaml", "config.yml", "config.json"):
-        if Path(name).is_file():
-            return name
-    return None

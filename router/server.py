@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -14,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from router.app import build_runtime, create_app
-from router.config import Config, is_loopback, load
+from router.config import Config, load
 from router.demo import demo_config
 from router.keys import LIVE, STATE
 from router.logs import setup_logging
@@ -23,6 +24,15 @@ from router.schema import ConfigError
 log = logging.getLogger("router")
 # Settings a running server cannot change in place; a reload that changes them says so.
 _FIXED = ("host", "port", "state", "cors", "max_body_bytes")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
