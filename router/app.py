@@ -228,6 +228,8 @@ def create_app(
         resource = app.router.add_resource(path)
         for method in METHODS:
             resource.add_route(method, handler if method in methods else not_allowed)
+        if "GET" in methods:  # load balancers probe with HEAD
+            resource.add_route("HEAD", handler)
 
     for path in PROXIED:
         route(path, proxy.handle, "POST")

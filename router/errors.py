@@ -14,8 +14,6 @@ RouterError                   any error we answer ourselves (status, type, code)
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from aiohttp import web
 
@@ -136,7 +134,3 @@ def from_http_exception(exc: web.HTTPException) -> RouterError:
         err.status = exc.status
         err.type = "invalid_request_error" if exc.status < 500 else "server_error"
     return err
-
-
-def as_json(data: Any) -> bytes:
-    return orjson.dumps(data)

@@ -90,6 +90,8 @@ async def test_health_needs_no_auth(one: Any) -> None:
     _, client = one
     r = await client.get("/health")
     assert r.status == 200 and await r.json() == {"status": "ok"}
+    r = await client.head("/health")
+    assert r.status == 200
 
 
 @pytest.mark.parametrize(
