@@ -208,9 +208,18 @@ async def _attempt(
     reply: Reply | None = None
     relay: Relay | None = None
     try:
-        reply = await request.app[UPSTREAMS][target.provider.type].send(
-            target, call.path, out, call.stream
-        )
+        upstream = request.app[UPSTREAMS][target.provider.type]
+        reply = await upstream.send(target, call.path, out, call.stream)
+        if reply.status == 400 and add_usage:
+            data = await reply.read()
+            if b"stream_options" in data:
+                # An upstream that refuses the stream_options we added gets the client's
+                # request as it was; usage is then estimated.
+                reply.close()
+                add_usage = False
+                out = payload.rewrite(call.raw, call.body, target.model.name, False)
+                call.started += 1
+                reply = await upstream.send(target, call.path, out, call.stream)
         if reply.status >= 400:
             data = await reply.read()
             if reply.status in RETRYABLE:

@@ -147,3 +147,23 @@ async def test_keepalive_comments_pass_through(fakes: Any, router: Any) -> None:
     client = await router([url])
     r = await client.post(CHAT, json=stream_body(), headers=ALICE)
     assert (await r.read()).startswith(b": OPENROUTER PROCESSING\n\n")
+
+
+async def test_upstream_refusing_stream_options_gets_the_request_as_sent(one: Any) -> None:
+    from aiohttp import web
+
+    fake, client = one
+
+    async def picky(request: web.Request, seen: Any) -> web.StreamResponse:
+        if "stream_options" in seen.json:
+            err = {"error": {"message": "Unrecognized request argument: stream_options"}}
+            return web.json_response(err, status=400)
+        return await fake.stream(request, seen)
+
+    fake.script.extend([picky, picky])
+    body = stream_body()
+    r = await client.post(CHAT, data=orjson.dumps(body), headers=ALICE)
+    assert r.status == 200
+    assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    assert fake.seen[1].raw == orjson.dumps({**body, "model": "up-0"})
+    assert await usage_of(client, "p0/p0#0/up-0") > 0  # estimated, since none was reported
