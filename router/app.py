@@ -258,6 +258,13 @@ def create_app(
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         if "Origin" in request.headers:
             await cors_prepare(request, response)
+            if request.method == "OPTIONS" and "Access-Control-Allow-Origin" in response.headers:
+                # Name authorization even when the preflight did not list it: `*` never
+                # covers it, and a cached preflight may be reused by a later request.
+                asked = response.headers.get("Access-Control-Allow-Headers", "")
+                names = {h.strip().lower() for h in asked.split(",") if h.strip()}
+                names |= {"authorization", "content-type"}
+                response.headers["Access-Control-Allow-Headers"] = ", ".join(sorted(names))
         response.headers["x-request-id"] = request.get(REQUEST_ID) or os.urandom(12).hex()
         response.headers["Vary"] = "Origin, Accept-Encoding"
 

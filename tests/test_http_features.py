@@ -139,6 +139,16 @@ async def test_cors_preflight_allows_authorization(one: Any) -> None:
     assert "POST" in r.headers["Access-Control-Allow-Methods"]
 
 
+async def test_cors_preflight_names_authorization_even_unasked(one: Any) -> None:
+    _, client = one
+    r = await client.options(
+        CHAT, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+    )
+    assert r.status == 200
+    assert "authorization" in r.headers["Access-Control-Allow-Headers"].split(", ")
+    assert "Accept-Encoding" in r.headers["Vary"] and "Origin" in r.headers["Vary"]
+
+
 async def test_cors_on_actual_responses_errors_and_streams(one: Any) -> None:
     """Seed bug: only the preflight carried CORS headers, so browsers could not read replies."""
     _, client = one
