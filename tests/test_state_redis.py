@@ -15,6 +15,7 @@ import yaml
 
 from router.app import create_app
 from router.config import State, parse
+from router.keys import STATE
 from router.state.redis import RedisState
 from tests.conftest import ALICE
 from tests.fakes import RouterProcess, config_tree, status
@@ -201,12 +202,16 @@ def test_redis_outage_never_hangs_a_request(fakes_thread: Any, tmp_path: Path) -
         assert statuses.count(200) == 20
         assert time.monotonic() - started < 10  # 20 requests, none waiting on Redis for long
         assert httpx.get(router.url + "/health").json()["state"] == "degraded"
+        assert "llm_router_state_degraded 1.0" in httpx.get(router.url + "/metrics").text
+        status = httpx.get(router.url + "/status", headers=ALICE).json()
+        assert status["state"] == "degraded"
         server.start()
         deadline = time.monotonic() + 10
         while httpx.get(router.url + "/health").json()["state"] != "ok":
             assert time.monotonic() < deadline, "the router did not reconnect"
             time.sleep(0.1)
         assert asyncio.run(_load([router.url], 5)).count(200) == 5
+        assert "llm_router_state_degraded 0.0" in httpx.get(router.url + "/metrics").text
         # Shared state resumed: the new requests' usage is in Redis again.
         assert any(db.scan_iter("outage:*:usage"))
     finally:
@@ -246,3 +251,24 @@ def test_in_flight_reservations_are_seen_by_the_other_router(
         for r in routers:
             r.stop()
     assert keys == ["p0#0", "p0#1"]
+
+
+async def test_no_cold_start_herd_on_redis_state(
+    redis_server: RedisServer, prefix: str, fakes: Any, aiohttp_client: Any
+) -> None:
+    """Reservations are written in the background; this router's own picks see them at once."""
+    from collections import Counter
+
+    from tests.fakes import slow
+
+    [(fake, url)] = await fakes(1)
+    state_cfg = {"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+    client = await aiohttp_client(create_app(parse(config_tree([url], state=state_cfg), env={})))
+    fake.script.extend([slow(0.2)] * 20)
+    replies = await asyncio.gather(
+        *(client.post(CHAT, json={"model": "g"}, headers=ALICE) for _ in range(20))
+    )
+    assert Counter(r.headers["x-llm-router-key"] for r in replies) == {"p0#0": 10, "p0#1": 10}
+    await client.app[STATE].flush()
+    usage = await client.app[STATE].usage("p0/p0#0/up-0")
+    assert usage.reserved == 0 and usage.total == 100

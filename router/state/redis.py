@@ -79,7 +79,10 @@ class RedisState:
         self._down = False
         self._watcher: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._pending: list[Callable[[Pipeline], Awaitable[None]]] = []
+        self._pending: list[
+            tuple[Callable[[Pipeline], Awaitable[None]], tuple[str, float] | None]
+        ] = []
+        self._unsent: dict[str, float] = {}  # reserved tokens queued but not yet in Redis
         self._kick = asyncio.Event()
         self._busy = False
 
@@ -113,7 +116,9 @@ class RedisState:
             log.error("redis unreachable (%s): serving on local state until it is back",
                       type(exc).__name__)  # fmt: skip
 
-    def _later(self, fill: Callable[[Pipeline], Awaitable[None]]) -> None:
+    def _later(
+        self, fill: Callable[[Pipeline], Awaitable[None]], unsent: tuple[str, float] | None = None
+    ) -> None:
         """Queue a write; the writer sends what has queued up in one pipeline.
 
         Writes that need no answer (reservations, usage, successes, window hits) leave the
@@ -121,7 +126,9 @@ class RedisState:
         """
         if self._down:
             return  # the local copy has it; a reservation in Redis would expire anyway
-        self._pending.append(fill)
+        if unsent:  # until it is written, our own picks add it to what Redis says
+            self._unsent[unsent[0]] = self._unsent.get(unsent[0], 0.0) + unsent[1]
+        self._pending.append((fill, unsent))
         self._kick.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="redis-state-writer")
@@ -137,13 +144,20 @@ class RedisState:
             try:
                 async with asyncio.timeout(CALL_TIMEOUT * 4):
                     async with self.client.pipeline(transaction=False) as pipe:
-                        for fill in ops:
+                        for fill, _ in ops:
                             await fill(pipe)
                         await pipe.execute()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
             finally:
                 self._busy = False
+                for _, unsent in ops:
+                    if unsent:
+                        left = self._unsent[unsent[0]] - unsent[1]
+                        if left > 1e-9:
+                            self._unsent[unsent[0]] = left
+                        else:
+                            del self._unsent[unsent[0]]
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent (tests, and a clean shutdown)."""
@@ -205,14 +219,21 @@ class RedisState:
                     )
                     pipe.hgetall(self.k(key, "health"))
                 out = await pipe.execute()
-            loads = [float(u) + float(r) for u, r, _ in out[::2]]
+            loads = [
+                float(u) + float(r) + self._unsent.get(key, 0.0)
+                for key, (u, r, _) in zip(keys, out[::2], strict=True)
+            ]
             return loads, [_health(raw) for raw in out[1::2]]
 
         return await self._guard(remote, lambda: self.local.view(keys))
 
     async def loads(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
-            return [float(u) + float(r) for u, r, _ in await self._loads3(keys)]
+            out = await self._loads3(keys)
+            return [
+                float(u) + float(r) + self._unsent.get(key, 0.0)
+                for key, (u, r, _) in zip(keys, out, strict=True)
+            ]
 
         return await self._guard(remote, lambda: self.local.loads(keys))
 
@@ -226,7 +247,7 @@ class RedisState:
             pipe.expire(held, int(self.hold) + 60)
 
         await self.local.reserve(key, tokens)
-        self._later(fill)
+        self._later(fill, (key, tokens))
 
     async def settle(self, key: str, reserved: float, used: float) -> None:
         mine = self._held.get(key, [])
