@@ -150,9 +150,13 @@ def test_two_routers_split_tokens_by_weight_within_5_percent(
         {"provider": "p0", "name": "m-heavy", "weight": 3},
     ]
     path = write_config(tmp_path, tree)
+    fake.total_tokens = 40
+    # Replies about as large as the reservation (max_tokens): the split then follows usage.
+    # (With tiny replies under a 512-token default reservation it follows in-flight counts.)
+    body = {"model": "g", "max_tokens": 20}
     routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
     try:
-        statuses = asyncio.run(_load([r.url for r in routers], 400))
+        statuses = asyncio.run(_load([r.url for r in routers], 400, body))
     finally:
         for r in routers:
             r.stop()

@@ -82,7 +82,7 @@ class RedisState:
         self._pending: list[
             tuple[Callable[[Pipeline], Awaitable[None]], tuple[str, float] | None]
         ] = []
-        self._unsent: dict[str, float] = {}  # reserved tokens queued but not yet in Redis
+        self._delta: dict[str, float] = {}  # load changes queued but not yet in Redis
         self._kick = asyncio.Event()
         self._busy = False
 
@@ -117,7 +117,7 @@ class RedisState:
                       type(exc).__name__)  # fmt: skip
 
     def _later(
-        self, fill: Callable[[Pipeline], Awaitable[None]], unsent: tuple[str, float] | None = None
+        self, fill: Callable[[Pipeline], Awaitable[None]], delta: tuple[str, float] | None = None
     ) -> None:
         """Queue a write; the writer sends what has queued up in one pipeline.
 
@@ -126,9 +126,9 @@ class RedisState:
         """
         if self._down:
             return  # the local copy has it; a reservation in Redis would expire anyway
-        if unsent:  # until it is written, our own picks add it to what Redis says
-            self._unsent[unsent[0]] = self._unsent.get(unsent[0], 0.0) + unsent[1]
-        self._pending.append((fill, unsent))
+        if delta:  # until it is written, our own picks add it to what Redis says
+            self._delta[delta[0]] = self._delta.get(delta[0], 0.0) + delta[1]
+        self._pending.append((fill, delta))
         self._kick.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="redis-state-writer")
@@ -151,13 +151,13 @@ class RedisState:
                 self._mark_down(exc)
             finally:
                 self._busy = False
-                for _, unsent in ops:
-                    if unsent:
-                        left = self._unsent[unsent[0]] - unsent[1]
-                        if left > 1e-9:
-                            self._unsent[unsent[0]] = left
+                for _, delta in ops:
+                    if delta:
+                        left = self._delta[delta[0]] - delta[1]
+                        if abs(left) > 1e-9:
+                            self._delta[delta[0]] = left
                         else:
-                            del self._unsent[unsent[0]]
+                            del self._delta[delta[0]]
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent (tests, and a clean shutdown)."""
@@ -220,7 +220,7 @@ class RedisState:
                     pipe.hgetall(self.k(key, "health"))
                 out = await pipe.execute()
             loads = [
-                float(u) + float(r) + self._unsent.get(key, 0.0)
+                float(u) + float(r) + self._delta.get(key, 0.0)
                 for key, (u, r, _) in zip(keys, out[::2], strict=True)
             ]
             return loads, [_health(raw) for raw in out[1::2]]
@@ -231,7 +231,7 @@ class RedisState:
         async def remote() -> list[float]:
             out = await self._loads3(keys)
             return [
-                float(u) + float(r) + self._unsent.get(key, 0.0)
+                float(u) + float(r) + self._delta.get(key, 0.0)
                 for key, (u, r, _) in zip(keys, out, strict=True)
             ]
 
@@ -269,7 +269,7 @@ class RedisState:
                     pipe.expire(win, int(self.window) + 60)
 
         await self.local.settle(key, reserved, used)
-        self._later(fill)
+        self._later(fill, (key, (used if used else 0.0) - (reserved if member else 0.0)))
 
     async def usage(self, key: str) -> Usage:
         async def remote() -> Usage:
