@@ -180,15 +180,20 @@ def _maybe_compress(request: web.Request, response: web.Response, config: Config
 
 
 async def models(request: web.Request) -> web.Response:
+    """GET /v1/models lists the groups; GET /v1/models/{id} is one of them."""
     runtime = request.app[LIVE].runtime
     created = request.app[STARTED]
     data = [
         {"id": g.name, "object": "model", "created": created, "owned_by": "llm-router"}
         for g in runtime.config.groups
     ]
-    return web.Response(
-        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
-    )
+    wanted = request.match_info.get("model")
+    if wanted is None:
+        body: object = {"object": "list", "data": data}
+    else:
+        runtime.balancer.targets(wanted)  # raises the OpenAI-shaped 404 for an unknown one
+        body = next(m for m in data if m["id"] == wanted)
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -234,6 +239,7 @@ def create_app(
     for path in PROXIED:
         route(path, proxy.handle, "POST")
     route("/v1/models", models, "GET")
+    route("/v1/models/{model:.+}", models, "GET")
     route("/health", health, "GET")
     route("/metrics", status.metrics, "GET")
     route("/status", status.status, "GET")

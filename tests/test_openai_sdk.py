@@ -78,6 +78,9 @@ def test_embeddings_and_models(stack: LiveStack) -> None:
         emb = c.embeddings.create(model="g", input="hello")
         assert emb.data[0].embedding == [0.1, 0.2]
         assert [m.id for m in c.models.list()] == ["g"]
+        assert c.models.retrieve("g").id == "g"
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve("nope")
 
 
 def test_sdk_sees_typed_errors(stack: LiveStack) -> None:
