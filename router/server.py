@@ -23,7 +23,7 @@ from router.schema import ConfigError
 
 log = logging.getLogger("router")
 # Settings a running server cannot change in place; a reload that changes them says so.
-_FIXED = ("host", "port", "state", "cors", "max_body_bytes")
+_FIXED = ("host", "port", "state", "cors", "max_body_bytes", "logging", "usage_log")
 
 
 def is_loopback(host: str) -> bool:
