@@ -23,7 +23,17 @@ from router.schema import ConfigError
 
 log = logging.getLogger("router")
 # Settings a running server cannot change in place; a reload that changes them says so.
-_FIXED = ("host", "port", "state", "cors", "max_body_bytes", "logging", "usage_log")
+_FIXED = (
+    "host",
+    "port",
+    "state",
+    "cors",
+    "max_body_bytes",
+    "logging",
+    "usage_log",
+    "usage_window",
+    "shutdown_timeout",
+)
 
 
 def is_loopback(host: str) -> bool:
