@@ -124,16 +124,13 @@ class Tokens:
 
 
 def read_usage(data: bytes) -> Tokens | None:
-    """The reply's `usage`; a large body is scanned from its last "usage" instead of parsed."""
+    """`usage` from a body not labelled JSON, scanned from its last "usage" key.
+
+    (JSON replies are parsed whole by the proxy, which also checks they are valid.)
+    """
     at = data.rfind(b'"usage"')
     if at < 0:
         return None
-    if len(data) < 16384:  # orjson parses a small body faster than a regex scans it
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-        return usage_tokens(obj.get("usage")) if isinstance(obj, dict) else None
     found: dict[bytes, int] = {}
     for m in _USAGE_FIELD.finditer(data, at, at + 1024):
         found.setdefault(m.group(1), int(m.group(2)))

@@ -28,6 +28,11 @@ def state(url: str, prefix: str, hold: float = 60.0) -> RedisState:
     return RedisState(State(backend="redis", redis_url=url, prefix=prefix), 0, time.time, hold)
 
 
+def shared(server: RedisServer, prefix: str) -> dict[str, str]:
+    """The config's `state` section for the test's Redis and key prefix."""
+    return {"backend": "redis", "redis_url": server.url, "prefix": prefix}
+
+
 @pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
     return f"t-{request.node.name[:40]}-{time.time_ns()}"
@@ -94,7 +99,7 @@ async def test_every_key_has_a_ttl_after_a_run(
     tree = config_tree(
         [url],
         usage_window=60,
-        state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix},
+        state=shared(redis_server, prefix),
     )
     tree["providers"][0]["api_keys"] = [{"key": "sk-a", "rpm": 100, "tpm": 100000}, "sk-b"]
     tree["api_keys"][0].update(rpm=100, tpm=100000, budget_usd=10)
@@ -141,9 +146,7 @@ def test_two_routers_split_tokens_by_weight_within_5_percent(
     redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
     fake, url, _ = fakes_thread
-    tree = config_tree(
-        [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
-    )
+    tree = config_tree([url], state=shared(redis_server, prefix))
     tree["providers"][0]["api_keys"] = ["sk-a", "sk-b"]
     tree["groups"][0]["models"] = [
         {"provider": "p0", "name": "m-light", "weight": 1},
@@ -175,9 +178,7 @@ def test_client_rpm_limit_is_global_across_routers(
     redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
     _, url, _ = fakes_thread
-    tree = config_tree(
-        [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
-    )
+    tree = config_tree([url], state=shared(redis_server, prefix))
     tree["api_keys"][0]["rpm"] = 10
     path = write_config(tmp_path, tree)
     routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
@@ -233,9 +234,7 @@ def test_in_flight_reservations_are_seen_by_the_other_router(
     from tests.fakes import slow
 
     fake, url, _ = fakes_thread
-    tree = config_tree(
-        [url], state={"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
-    )
+    tree = config_tree([url], state=shared(redis_server, prefix))
     path = write_config(tmp_path, tree)
     routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
     fake.script.extend([slow(0.5), slow(0.5)])
@@ -266,7 +265,7 @@ async def test_no_cold_start_herd_on_redis_state(
     from tests.fakes import slow
 
     [(fake, url)] = await fakes(1)
-    state_cfg = {"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+    state_cfg = shared(redis_server, prefix)
     client = await aiohttp_client(create_app(parse(config_tree([url], state=state_cfg), env={})))
     fake.script.extend([slow(0.2)] * 20)
     replies = await asyncio.gather(

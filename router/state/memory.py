@@ -46,12 +46,12 @@ class MemoryState:
             c.window_sum = 0.0  # no float drift once the window is empty
         return c.window_sum
 
+    def _load(self, key: str) -> float:
+        c = self._counters.get(key)
+        return 0.0 if c is None else self._windowed(c) + c.reserved
+
     async def loads(self, keys: Sequence[str]) -> list[float]:
-        out = []
-        for key in keys:
-            c = self._counters.get(key)
-            out.append(0.0 if c is None else self._windowed(c) + c.reserved)
-        return out
+        return [self._load(key) for key in keys]
 
     async def reserve(self, key: str, tokens: float) -> None:
         self._get(key).reserved += tokens
@@ -75,12 +75,7 @@ class MemoryState:
         return Usage(window=self._windowed(c), total=c.total, reserved=c.reserved)
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
-        loads, health = [], []
-        for key in keys:
-            c = self._counters.get(key)
-            loads.append(0.0 if c is None else self._windowed(c) + c.reserved)
-            health.append(self._health.get(key) or _HEALTHY)
-        return loads, health
+        return [self._load(k) for k in keys], [self._health.get(k) or _HEALTHY for k in keys]
 
     async def health(self, keys: Sequence[str]) -> list[Health]:
         return [self._health.get(k) or _HEALTHY for k in keys]

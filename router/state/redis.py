@@ -207,6 +207,13 @@ class RedisState:
                 )
             return list(await pipe.execute())
 
+    def _with_delta(self, keys: Sequence[str], rows: Sequence[list[bytes]]) -> list[float]:
+        """Usage + reservations from Redis, plus this router's changes not yet written."""
+        return [
+            float(u) + float(r) + self._delta.get(key, 0.0)
+            for key, (u, r, _) in zip(keys, rows, strict=True)
+        ]
+
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
         """Loads and health in one round trip: what a pick needs."""
 
@@ -219,21 +226,14 @@ class RedisState:
                     )
                     pipe.hgetall(self.k(key, "health"))
                 out = await pipe.execute()
-            loads = [
-                float(u) + float(r) + self._delta.get(key, 0.0)
-                for key, (u, r, _) in zip(keys, out[::2], strict=True)
-            ]
+            loads = self._with_delta(keys, out[::2])
             return loads, [_health(raw) for raw in out[1::2]]
 
         return await self._guard(remote, lambda: self.local.view(keys))
 
     async def loads(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
-            out = await self._loads3(keys)
-            return [
-                float(u) + float(r) + self._delta.get(key, 0.0)
-                for key, (u, r, _) in zip(keys, out, strict=True)
-            ]
+            return self._with_delta(keys, await self._loads3(keys))
 
         return await self._guard(remote, lambda: self.local.loads(keys))
 
