@@ -175,6 +175,9 @@ class RedisState:
                     await self.client.ping()
             except (RedisError, OSError, TimeoutError):
                 continue
+            # Pooled connections from before the outage may be dead in ways the pool's
+            # check does not see; drop them all so the first calls after it start fresh.
+            await self.client.connection_pool.disconnect()
             self._down = False
             log.warning("redis is reachable again: shared state resumed")
 
