@@ -41,8 +41,8 @@ def prefix(request: pytest.FixtureRequest) -> str:
 async def test_reservations_count_and_expire_on_their_own(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    a = state(redis_server.url, prefix, hold=0.5)
-    b = state(redis_server.url, prefix, hold=0.5)
+    a = state(redis_server.url, prefix, hold=1.5)
+    b = state(redis_server.url, prefix, hold=1.5)
     await a.start()
     await b.start()
     await a.reserve("t1", 100)
@@ -55,7 +55,7 @@ async def test_reservations_count_and_expire_on_their_own(
     await a.reserve("t1", 1000)
     await a.flush()
     assert await b.loads(["t1"]) == [1042.0]
-    await asyncio.sleep(0.7)
+    await asyncio.sleep(2.0)
     assert await b.loads(["t1"]) == [42.0]
     await a.close()
     await b.close()
@@ -237,14 +237,14 @@ def test_in_flight_reservations_are_seen_by_the_other_router(
     tree = config_tree([url], state=shared(redis_server, prefix))
     path = write_config(tmp_path, tree)
     routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
-    fake.script.extend([slow(0.5), slow(0.5)])
+    fake.script.extend([slow(2.0), slow(2.0)])
 
     async def both() -> list[str]:
         async with httpx.AsyncClient(timeout=10) as client:
             first = asyncio.create_task(
                 client.post(routers[0].url + CHAT, json={"model": "g"}, headers=ALICE)
             )
-            await asyncio.sleep(0.2)  # the first is in flight, holding its reservation
+            await asyncio.sleep(0.6)  # the first is in flight, holding its reservation
             second = await client.post(routers[1].url + CHAT, json={"model": "g"}, headers=ALICE)
             return [(await first).headers["x-llm-router-key"], second.headers["x-llm-router-key"]]
 
