@@ -95,7 +95,9 @@ class MockUpstream:
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if path == "/responses":
-            return MockReply(200, _response(model, answer, usage), False)
+            if stream:
+                return MockReply(200, _response_stream(model, answer, usage), True)
+            return MockReply(200, orjson.dumps(_response(model, answer, usage)), False)
         if stream:
             include = bool((req.get("stream_options") or {}).get("include_usage"))
             return MockReply(200, _stream(path, model, answer, usage, include), True)
@@ -185,27 +187,51 @@ def _embeddings(req: dict[str, Any], model: str) -> bytes:
     return orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage})
 
 
-def _response(model: str, answer: str, usage: dict[str, int]) -> bytes:
-    return orjson.dumps(
-        {
-            "id": _ident("resp"),
-            "object": "response",
-            "created_at": int(time.time()),
-            "status": "completed",
-            "model": model,
-            "output": [
-                {
-                    "type": "message",
-                    "id": _ident("msg"),
-                    "status": "completed",
-                    "role": "assistant",
-                    "content": [{"type": "output_text", "text": answer, "annotations": []}],
-                }
-            ],
-            "usage": {
-                "input_tokens": usage["prompt_tokens"],
-                "output_tokens": usage["completion_tokens"],
-                "total_tokens": usage["total_tokens"],
-            },
-        }
-    )
+def _response(model: str, answer: str, usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": _ident("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "output": [_message(_ident("msg"), answer)],
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+        },
+    }
+
+
+def _message(ident: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": []}] if text else []
+    return {"type": "message", "id": ident, "status": status, "role": "assistant",
+            "content": content}  # fmt: skip
+
+
+def _response_stream(model: str, answer: str, usage: dict[str, int]) -> list[bytes]:
+    """The Responses API's event sequence, from response.created to response.completed."""
+    final = _response(model, answer, usage)
+    ident = final["output"][0]["id"]
+    started = {**final, "status": "in_progress", "output": [], "usage": None}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    at = {"item_id": ident, "output_index": 0, "content_index": 0}
+    words = answer.split(" ")
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": _message(ident, "", "in_progress")},
+        {"type": "response.content_part.added", **at, "part": part},
+        *({"type": "response.output_text.delta", **at, "delta": w if i == 0 else " " + w,
+           "logprobs": []} for i, w in enumerate(words)),
+        {"type": "response.output_text.done", **at, "text": answer, "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": {**part, "text": answer}},
+        {"type": "response.output_item.done", "output_index": 0, "item": _message(ident, answer)},
+        {"type": "response.completed", "response": final},
+    ]  # fmt: skip
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: "
+        + orjson.dumps({**e, "sequence_number": n}) + b"\n\n"
+        for n, e in enumerate(events)
+    ]  # fmt: skip

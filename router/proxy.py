@@ -233,7 +233,7 @@ async def _attempt(
                 status=reply.status, body=data, headers=_headers(reply, target, call)
             )
         if stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            relay = Relay(reply, strip_usage=add_usage, needs_done=call.path != "/responses")
+            relay = Relay(reply, strip_usage=add_usage, responses=call.path == "/responses")
             first = await relay.first()
             if claim:
                 claim()

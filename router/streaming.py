@@ -21,6 +21,9 @@ from router.payload import Tokens, usage_tokens
 from router.upstream import Reply
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+# The Responses API's stream has no [DONE]: it ends with one of these events.
+_RESPONSES_MARK = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+_RESPONSES_END = ("response.completed", "response.incomplete")
 
 
 @dataclass
@@ -56,17 +59,17 @@ class _Events:
 
 
 class Relay:
-    def __init__(self, reply: Reply, *, strip_usage: bool, needs_done: bool) -> None:
+    def __init__(self, reply: Reply, *, strip_usage: bool, responses: bool) -> None:
         self.reply = reply
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
-        self.needs_done = needs_done  # chat/completions end with [DONE]; responses do not
+        self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
         self.outcome = StreamOutcome()
         self._events = _Events(reply.chunks())
         self._done = False
 
     def _inspect(self, run: bytes) -> bytes:
         """Read usage, [DONE] and error events from a run; return the bytes to forward."""
-        if b"[DONE]" not in run and b'"usage"' not in run and b'"error"' not in run:
+        if b"[DONE]" not in run and not self._notable(run):
             self.outcome.events += run.count(b"data:")
             return run
         kept = []
@@ -79,12 +82,18 @@ class Relay:
             keep = True
             if data == b"[DONE]":
                 self._done = True
-            elif data.startswith(b"{") and (b'"usage"' in data or b'"error"' in data):
+            elif data.startswith(b"{") and self._notable(data):
                 keep = self._json_event(data)
             self.outcome.events += 1 if data else 0
             if keep:
                 kept.append(event + b"\n\n")
         return b"".join(kept)
+
+    def _notable(self, data: bytes) -> bool:
+        """Whether bytes may hold usage, an error or the end of the stream."""
+        if b'"usage"' in data or b'"error"' in data:
+            return True
+        return self.responses and _RESPONSES_MARK.search(data) is not None
 
     def _json_event(self, data: bytes) -> bool:
         try:
@@ -93,6 +102,13 @@ class Relay:
             return True
         if not isinstance(obj, dict):
             return True
+        if self.responses:
+            kind = obj.get("type")
+            if kind in _RESPONSES_END:
+                self._done = True
+            elif kind in ("response.failed", "error"):
+                self.outcome.error = "upstream sent an error event"
+                return True
         if obj.get("error") is not None and "choices" not in obj:
             self.outcome.error = "upstream sent an error event"
             return True
@@ -144,8 +160,9 @@ class Relay:
                     break
                 run = await self._events.next()
                 run = self._inspect(run) if run is not None else None
-            if not self.outcome.error and self.needs_done and not self._done:
-                self.outcome.error = "upstream stream ended before [DONE]"
+            if not self.outcome.error and not self._done:
+                end = "response.completed" if self.responses else "[DONE]"
+                self.outcome.error = f"upstream stream ended before {end}"
         except UpstreamError as exc:
             self.outcome.error = exc.reason
         except ConnectionResetError:  # the client left; the caller closes the upstream

@@ -9,7 +9,7 @@ import orjson
 
 from router.keys import STATE
 from tests.conftest import ALICE
-from tests.fakes import iter_events, stream_failing
+from tests.fakes import iter_events, raw_reply, stream_failing
 
 CHAT = "/v1/chat/completions"
 
@@ -167,3 +167,58 @@ async def test_upstream_refusing_stream_options_gets_the_request_as_sent(one: An
     assert (await r.read()).endswith(b"data: [DONE]\n\n")
     assert fake.seen[1].raw == orjson.dumps({**body, "model": "up-0"})
     assert await usage_of(client, "p0/p0#0/up-0") > 0  # estimated, since none was reported
+
+
+def responses_event(kind: str, **fields: Any) -> bytes:
+    return (
+        b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
+    )
+
+
+RESPONSE_DELTAS = [
+    responses_event("response.created", response={"id": "r1", "status": "in_progress"}),
+    responses_event("response.output_text.delta", delta="Hel"),
+    responses_event("response.output_text.delta", delta="lo"),
+]
+COMPLETED = responses_event(
+    "response.completed",
+    response={"id": "r1", "status": "completed",
+              "usage": {"input_tokens": 4, "output_tokens": 3, "total_tokens": 7}},
+)  # fmt: skip
+
+
+def responses_body() -> dict[str, Any]:
+    return {"model": "g", "stream": True, "input": "hi"}
+
+
+async def test_responses_stream_is_relayed_and_its_usage_counted(one: Any) -> None:
+    fake, client = one
+    body = b"".join(RESPONSE_DELTAS) + COMPLETED
+    fake.script.append(raw_reply(body, "text/event-stream"))
+    r = await client.post("/v1/responses", json=responses_body(), headers=ALICE)
+    assert r.status == 200
+    assert await r.read() == body  # no [DONE] wanted, no error event added
+    assert await usage_of(client, "p0/p0#0/up-0") == 7
+    assert "stream_options" not in fake.seen[-1].json  # the Responses API has no such field
+
+
+async def test_responses_stream_without_completed_is_reported_as_truncated(one: Any) -> None:
+    fake, client = one
+    fake.script.append(raw_reply(b"".join(RESPONSE_DELTAS), "text/event-stream"))
+    r = await client.post("/v1/responses", json=responses_body(), headers=ALICE)
+    events = list(iter_events(await r.read()))
+    error = orjson.loads(events[-1])["error"]
+    assert "response.completed" in error["message"]
+
+
+async def test_responses_stream_failing_first_fails_over(one: Any) -> None:
+    fake, client = one
+    failed = responses_event(
+        "response.failed", response={"id": "r0", "status": "failed",
+                                     "error": {"code": "server_error", "message": "boom"}}
+    )  # fmt: skip
+    fake.script.append(raw_reply(failed, "text/event-stream"))
+    fake.script.append(raw_reply(b"".join(RESPONSE_DELTAS) + COMPLETED, "text/event-stream"))
+    r = await client.post("/v1/responses", json=responses_body(), headers=ALICE)
+    assert r.headers["x-llm-router-attempts"] == "2"
+    assert (await r.read()).endswith(COMPLETED)

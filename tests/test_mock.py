@@ -1,0 +1,89 @@
+"""The built-in `mock` provider, driven by the official openai SDK through a live router."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes import LiveStack
+
+MOCK = {
+    "groups": [
+        {"name": "m", "models": [{"provider": "mock", "name": "mock-1"}]},
+        {"name": "broken", "models": [{"provider": "down", "name": "mock-2"}]},
+    ],
+    "providers": [
+        {"name": "mock", "type": "mock", "api_keys": ["a", "b"]},
+        {"name": "down", "type": "mock", "api_keys": ["c"], "failure_rate": 1.0},
+    ],
+}
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LiveStack]:
+    s = LiveStack(**MOCK)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def c(stack: LiveStack) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=stack.url + "/v1", api_key="alice-secret", max_retries=0) as c:
+        yield c
+
+
+def test_chat_echoes_with_honest_usage(c: openai.OpenAI) -> None:
+    reply = c.chat.completions.create(model="m", messages=HELLO)
+    assert reply.choices[0].message.content == "[MOCK] hello there"
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (3, 5)
+    chunks = list(
+        c.chat.completions.create(
+            model="m", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == "[MOCK] hello there"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 8
+
+
+def test_completions_and_embeddings(c: openai.OpenAI) -> None:
+    assert c.completions.create(model="m", prompt="hi").choices[0].text == "[MOCK] hi"
+    streamed = c.completions.create(model="m", prompt="hi", stream=True)
+    assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == "[MOCK] hi"
+    # The SDK asks for base64 by default and decodes it back into floats.
+    e = c.embeddings.create(model="m", input=["a b", "c"])
+    assert len(e.data) == 2 and len(e.data[0].embedding) == 16
+    assert all(-1.0 <= x <= 1.0 for x in e.data[0].embedding)
+    floats = c.embeddings.create(model="m", input="a b", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(e.data[0].embedding, abs=1e-6)
+
+
+def test_responses_plain_and_streamed(c: openai.OpenAI, stack: LiveStack) -> None:
+    before = completion_tokens(stack)
+    assert c.responses.create(model="m", input="hello there").output_text == "[MOCK] hello there"
+    with c.responses.stream(model="m", input="hello there") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "[MOCK] hello there"
+    assert final.usage is not None and final.usage.total_tokens == 8
+    events = [e.type for e in c.responses.create(model="m", input="x", stream=True)]
+    assert events[0] == "response.created" and events[-1] == "response.completed"
+    # The router read the usage of the streamed ones from their response.completed event.
+    assert completion_tokens(stack) - before == 5 + 5 + 2  # "[MOCK] x" is 2
+
+
+def completion_tokens(stack: LiveStack) -> int:
+    status = httpx.get(stack.url + "/status", headers={"Authorization": "Bearer alice-secret"})
+    return sum(t["completion_tokens"] for t in status.json()["targets"])
+
+
+def test_failure_rate_fails_every_call(c: openai.OpenAI, stack: LiveStack) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        c.chat.completions.create(model="broken", messages=HELLO)
+    assert info.value.status_code == 502
+    assert "down#0" in str(info.value.message)  # each attempt named by its key label
