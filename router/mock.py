@@ -172,7 +172,9 @@ def _stream(
 
 def _embeddings(req: dict[str, Any], model: str) -> bytes:
     inputs = req.get("input", "")
-    items = inputs if isinstance(inputs, list) else [inputs]
+    # A list of strings or of token arrays is a batch; one token array is a single input.
+    batch = isinstance(inputs, list) and not all(isinstance(x, int) for x in inputs)
+    items = inputs if batch and inputs else [inputs]
     data, tokens = [], 0
     for i, item in enumerate(items):
         text = item if isinstance(item, str) else orjson.dumps(item).decode()

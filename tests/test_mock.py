@@ -59,6 +59,10 @@ def test_completions_and_embeddings(c: openai.OpenAI) -> None:
     e = c.embeddings.create(model="m", input=["a b", "c"])
     assert len(e.data) == 2 and len(e.data[0].embedding) == 16
     assert all(-1.0 <= x <= 1.0 for x in e.data[0].embedding)
+    tokens = c.embeddings.create(model="m", input=[[1, 2, 3], [4, 5]], encoding_format="float")
+    assert len(tokens.data) == 2
+    one = c.embeddings.create(model="m", input=[1, 2, 3], encoding_format="float")
+    assert len(one.data) == 1  # one token array is one input, as OpenAI reads it
     floats = c.embeddings.create(model="m", input="a b", encoding_format="float")
     assert floats.data[0].embedding == pytest.approx(e.data[0].embedding, abs=1e-6)
 
