@@ -24,11 +24,18 @@ def count_tokens(text: str) -> int:
 def _text_of(value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
-        return " ".join(_text_of(v.get("text", "") if isinstance(v, dict) else v) for v in value)
+    if isinstance(value, list):  # content parts, or the Responses API's input items
+        return " ".join(t for t in map(_text_of, value) if t)
     if isinstance(value, dict):
         return _text_of(value.get("content", value.get("text", "")))
     return ""
+
+
+def _last_user(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return _text_of(messages)
+    users = [m for m in messages if isinstance(m, dict) and m.get("role", "user") == "user"]
+    return _text_of(users[-1]) if users else ""
 
 
 class MockReply:
@@ -74,20 +81,27 @@ class MockUpstream:
             return MockReply(500, orjson.dumps(err), False)
         req = orjson.loads(body)
         model = req.get("model", target.model.name)
+        missing = _missing(path, req)
+        if missing:  # what OpenAI answers, so clients see the same 400 through the router
+            err = {
+                "error": {
+                    "message": f"Missing required parameter: '{missing}'.",
+                    "type": "invalid_request_error",
+                    "param": missing,
+                    "code": "missing_required_parameter",
+                }
+            }
+            return MockReply(400, orjson.dumps(err), False)
         if path == "/embeddings":
             return MockReply(200, _embeddings(req, model), False)
         if path == "/chat/completions":
-            prompt = " ".join(_text_of(m) for m in req.get("messages") or [])
-            last = next(
-                (
-                    _text_of(m)
-                    for m in reversed(req.get("messages") or [])
-                    if m.get("role") == "user"
-                ),
-                "",
-            )
-        else:  # /completions and /responses take `prompt` or `input`
-            prompt = last = _text_of(req.get("prompt", req.get("input", "")))
+            prompt = _text_of(req.get("messages") or [])
+            last = _last_user(req.get("messages") or [])
+        elif path == "/responses":  # `input`: a string or a list of messages and items
+            prompt = _text_of([req.get("instructions") or "", req.get("input", "")])
+            last = _last_user(req.get("input", ""))
+        else:
+            prompt = last = _text_of(req.get("prompt", ""))
         answer = f"[MOCK] {last}".strip()
         usage = {
             "prompt_tokens": count_tokens(prompt),
@@ -102,6 +116,16 @@ class MockUpstream:
             include = bool((req.get("stream_options") or {}).get("include_usage"))
             return MockReply(200, _stream(path, model, answer, usage, include), True)
         return MockReply(200, _completion(path, model, answer, usage), False)
+
+
+def _missing(path: str, req: dict[str, Any]) -> str | None:
+    if path == "/chat/completions":
+        messages = req.get("messages")
+        ok = isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)
+        return None if ok else "messages"
+    if path == "/embeddings":
+        return None if req.get("input") not in (None, "", []) else "input"
+    return None  # /completions and /responses have defaults for everything
 
 
 def _ident(prefix: str) -> str:

@@ -91,3 +91,22 @@ def test_failure_rate_fails_every_call(c: openai.OpenAI, stack: LiveStack) -> No
         c.chat.completions.create(model="broken", messages=HELLO)
     assert info.value.status_code == 502
     assert "down#0" in str(info.value.message)  # each attempt named by its key label
+
+
+def test_langchain_shaped_inputs_are_echoed(c: openai.OpenAI) -> None:
+    """Content parts and Responses input items, as LangChain and the SDKs send them."""
+    parts = [{"type": "text", "text": "part one"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    reply = c.chat.completions.create(
+        model="m",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": parts}],
+    )
+    assert reply.choices[0].message.content == "[MOCK] part one"
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "hey you"}]}]
+    assert c.responses.create(model="m", input=items).output_text == "[MOCK] hey you"
+
+
+def test_a_request_openai_would_refuse_is_a_400(c: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="m", messages=[])
+    assert info.value.code == "missing_required_parameter"
+    assert info.value.param == "messages"
