@@ -128,9 +128,8 @@ class Metrics:
         c.prompt_tokens += prompt
         c.completion_tokens += completion
         c.cost += cost
-        if cost:
-            key = (t.id, client)
-            self.cost[key] = self.cost.get(key, 0.0) + cost
+        key = (t.id, client)  # also at 0 when the model has no prices: the series exists
+        self.cost[key] = self.cost.get(key, 0.0) + cost
 
     def request_done(
         self,
@@ -148,6 +147,8 @@ class Metrics:
         if hist is None:
             hist = self.request_seconds[group] = Hist()
             self.ttft[group] = Hist()
+            if group:
+                self.failovers[group] = 0  # a series from the first request, at 0
         hist.observe(seconds)
         if ttft is not None:
             self.ttft[group].observe(ttft)

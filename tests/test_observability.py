@@ -94,6 +94,16 @@ async def test_metrics_after_traffic(fakes: Any, router: Any) -> None:
     assert value(m, "llm_router_state_degraded") == 0
 
 
+async def test_cost_and_failover_series_exist_at_zero(one: Any) -> None:
+    """A dashboard's rate() needs the series before the first dollar or failover."""
+    _, client = one  # no prices configured
+    assert (await client.post(CHAT, json={"model": "g"}, headers=ALICE)).status == 200
+    m = samples(await (await client.get("/metrics")).text())
+    k = {"provider": "p0", "model": "up-0", "key": "p0#0", "client": "alice"}
+    assert ("llm_router_cost_usd_total", tuple(sorted(k.items()))) in m
+    assert m[("llm_router_failovers_total", (("group", "g"),))] == 0
+
+
 async def test_status_needs_auth_and_shows_targets_and_clients(fakes: Any, router: Any) -> None:
     [(fake, url)] = await fakes(1)
     tree = priced(url)
