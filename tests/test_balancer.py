@@ -114,7 +114,7 @@ async def test_no_cold_start_herd(fakes: Any, router: Any) -> None:
     """Seed bug: concurrent requests at cold start all went to the first key."""
     [(fake, url)] = await fakes(1)
     client = await router([url])
-    fake.script.extend([slow(0.2)] * 20)
+    fake.script.extend([slow(1.0)] * 20)  # all 20 picked while the first are in flight
     replies = await asyncio.gather(
         *(client.post(CHAT, json={"model": "g"}, headers=ALICE) for _ in range(20))
     )

@@ -267,11 +267,15 @@ async def test_no_cold_start_herd_on_redis_state(
     [(fake, url)] = await fakes(1)
     state_cfg = shared(redis_server, prefix)
     client = await aiohttp_client(create_app(parse(config_tree([url], state=state_cfg), env={})))
-    fake.script.extend([slow(0.2)] * 20)
+    fake.script.extend([slow(1.0)] * 20)  # all 20 picked while the first are in flight
     replies = await asyncio.gather(
         *(client.post(CHAT, json={"model": "g"}, headers=ALICE) for _ in range(20))
     )
-    assert Counter(r.headers["x-llm-router-key"] for r in replies) == {"p0#0": 10, "p0#1": 10}
+    keys = Counter(r.headers["x-llm-router-key"] for r in replies)
+    # A herd sends all 20 to p0#0. 10/10 is the usual result; a read that overlaps a
+    # background write batch in flight can miss or double-count it, which moves a pick
+    # or two (11/9 seen with the machine's two cores overloaded four times over).
+    assert abs(keys["p0#0"] - keys["p0#1"]) <= 2 and keys.total() == 20
     await client.app[STATE].flush()
     usage = await client.app[STATE].usage("p0/p0#0/up-0")
-    assert usage.reserved == 0 and usage.total == 100
+    assert usage.reserved == 0 and usage.total == 10 * keys["p0#0"]
