@@ -14,14 +14,15 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from router.breaker import Health
 from router.config import State as StateConfig
@@ -82,7 +83,8 @@ class RedisState:
         self._pending: list[
             tuple[Callable[[Pipeline], Awaitable[None]], tuple[str, float] | None]
         ] = []
-        self._delta: dict[str, float] = {}  # load changes queued but not yet in Redis
+        self._delta: dict[str, float] = {}  # load changes queued, not yet sent to Redis
+        self._sent_total: dict[str, float] = {}  # load changes sent so far, summed
         self._kick = asyncio.Event()
         self._busy = False
 
@@ -105,10 +107,36 @@ class RedisState:
             return await local()
         try:
             async with asyncio.timeout(CALL_TIMEOUT * 2):
-                return await remote()
+                try:
+                    return await remote()
+                except NoScriptError:  # Redis lost its scripts (a restart, SCRIPT FLUSH)
+                    await self._load_scripts()
+                    return await remote()  # reads and checks only: safe to send again
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
             return await local()
+
+    @contextlib.asynccontextmanager
+    async def _pipeline(self) -> AsyncIterator[Pipeline]:
+        """A pipeline holding its connection before any command is queued.
+
+        execute() then writes to the socket without yielding to the loop first, so what
+        is taken out of (or read from) the delta just before it matches what Redis gets,
+        in the order it gets it. Left to itself, execute() might first open a connection.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            pipe.connection = cast(Connection, conn)
+            yield pipe
+
+    async def _load_scripts(self) -> None:
+        for script in self._scripts.values():
+            await self.client.script_load(script.script)
+
+    def _eval(self, pipe: Pipeline, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Queue a script by its SHA. Unlike redis-py's Script on a pipeline, this sends no
+        SCRIPT EXISTS round trip first; the scripts are loaded at start and on reconnect."""
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
 
     def _mark_down(self, exc: BaseException) -> None:
         if not self._down:
@@ -143,21 +171,33 @@ class RedisState:
             self._busy = True
             try:
                 async with asyncio.timeout(CALL_TIMEOUT * 4):
-                    async with self.client.pipeline(transaction=False) as pipe:
+                    async with self._pipeline() as pipe:
                         for fill, _ in ops:
                             await fill(pipe)
+                        self._sent(ops)
                         await pipe.execute()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
             finally:
                 self._busy = False
-                for _, delta in ops:
-                    if delta:
-                        left = self._delta[delta[0]] - delta[1]
-                        if abs(left) > 1e-9:
-                            self._delta[delta[0]] = left
-                        else:
-                            del self._delta[delta[0]]
+                self._sent(ops)
+
+    def _sent(self, ops: list[tuple[Any, tuple[str, float] | None]]) -> None:
+        """Move a batch's load changes from the unsent delta to the sent total, as sent.
+
+        Redis handles commands in the order they reach it (on loopback, and in practice
+        on a network), so a read sent after this
+        batch sees these changes, and a read sent before it adds them itself (_read).
+        """
+        for i, (fill, delta) in enumerate(ops):
+            if delta:
+                self._sent_total[delta[0]] = self._sent_total.get(delta[0], 0.0) + delta[1]
+                left = self._delta.get(delta[0], 0.0) - delta[1]
+                if abs(left) > 1e-9:
+                    self._delta[delta[0]] = left
+                else:
+                    self._delta.pop(delta[0], None)
+                ops[i] = (fill, None)
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent (tests, and a clean shutdown)."""
@@ -178,6 +218,11 @@ class RedisState:
             # Pooled connections from before the outage may be dead in ways the pool's
             # check does not see; drop them all so the first calls after it start fresh.
             await self.client.connection_pool.disconnect()
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT * 4):
+                    await self._load_scripts()  # a restarted Redis has none
+            except (RedisError, OSError, TimeoutError):
+                continue
             self._down = False
             log.warning("redis is reachable again: shared state resumed")
 
@@ -185,6 +230,7 @@ class RedisState:
         try:
             async with asyncio.timeout(CALL_TIMEOUT * 4):
                 await self.client.ping()
+                await self._load_scripts()
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
         self._watcher = asyncio.create_task(self._watch(), name="redis-state-watcher")
@@ -201,42 +247,44 @@ class RedisState:
 
     # -- balancing ------------------------------------------------------------------
 
-    async def _loads3(self, keys: Sequence[str]) -> list[list[bytes]]:
-        async with self.client.pipeline(transaction=False) as pipe:
+    async def _read(
+        self, keys: Sequence[str], health: bool
+    ) -> tuple[list[list[bytes]], list[Any], list[float]]:
+        """Loads (and health) of `keys` in one round trip, plus this router's changes that
+        had not reached Redis when it answered (see _sent)."""
+        async with self._pipeline() as pipe:
             for key in keys:
                 keys3 = [self.k(key, "usage"), self.k(key, "held"), self.k(key, "win")]
-                await self._scripts["loads"](
-                    keys=keys3, args=[self.clock(), self.window], client=pipe
-                )
-            return list(await pipe.execute())
-
-    def _with_delta(self, keys: Sequence[str], rows: Sequence[list[bytes]]) -> list[float]:
-        """Usage + reservations from Redis, plus this router's changes not yet written."""
-        return [
-            float(u) + float(r) + self._delta.get(key, 0.0)
-            for key, (u, r, _) in zip(keys, rows, strict=True)
+                self._eval(pipe, "loads", keys3, [self.clock(), self.window])
+                if health:
+                    pipe.hgetall(self.k(key, "health"))
+            sent = [self._sent_total.get(key, 0.0) for key in keys]
+            out = await pipe.execute()
+        # Redis answered with every batch sent before this read and none sent after it.
+        missing = [
+            self._sent_total.get(key, 0.0) - before + self._delta.get(key, 0.0)
+            for key, before in zip(keys, sent, strict=True)
         ]
+        step = 2 if health else 1
+        return out[::step], out[1::step] if health else [], missing
+
+    @staticmethod
+    def _loads_of(rows: Sequence[list[bytes]], missing: Sequence[float]) -> list[float]:
+        return [float(u) + float(r) + d for (u, r, _), d in zip(rows, missing, strict=True)]
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
         """Loads and health in one round trip: what a pick needs."""
 
         async def remote() -> tuple[list[float], list[Health]]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    keys3 = [self.k(key, "usage"), self.k(key, "held"), self.k(key, "win")]
-                    await self._scripts["loads"](
-                        keys=keys3, args=[self.clock(), self.window], client=pipe
-                    )
-                    pipe.hgetall(self.k(key, "health"))
-                out = await pipe.execute()
-            loads = self._with_delta(keys, out[::2])
-            return loads, [_health(raw) for raw in out[1::2]]
+            rows, healths, missing = await self._read(keys, True)
+            return self._loads_of(rows, missing), [_health(raw) for raw in healths]
 
         return await self._guard(remote, lambda: self.local.view(keys))
 
     async def loads(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
-            return self._with_delta(keys, await self._loads3(keys))
+            rows, _, missing = await self._read(keys, False)
+            return self._loads_of(rows, missing)
 
         return await self._guard(remote, lambda: self.local.loads(keys))
 
@@ -276,7 +324,7 @@ class RedisState:
 
     async def usage(self, key: str) -> Usage:
         async def remote() -> Usage:
-            [(u, r, t)] = await self._loads3([key])
+            [(u, r, t)], _, _ = await self._read([key], False)
             return Usage(window=float(u), total=float(t), reserved=float(r))
 
         return await self._guard(remote, lambda: self.local.usage(key))
@@ -309,7 +357,10 @@ class RedisState:
             return _health(await self._scripts["record"](keys=keys, args=args))
 
         async def fill(pipe: Pipeline) -> None:
-            await self._scripts["record"](keys=keys, args=args, client=pipe)
+            # A success closes the breaker: no read needed, so no script (a batch with a
+            # script in it could fail half-sent on NOSCRIPT after a Redis restart).
+            pipe.hset(keys[0], mapping={"breaker": "closed", "failures": "0", "until": "0"})
+            pipe.expire(keys[0], HEALTH_TTL)
 
         local = await self.local.record(key, ok, now, threshold, cooldown)
         if ok:  # successes are the common case: written behind; failures at once
@@ -332,9 +383,7 @@ class RedisState:
         async def remote() -> list[Window]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    await self._scripts["windows"](
-                        keys=[self.k(key, "w")], args=[now, WINDOW], client=pipe
-                    )
+                    self._eval(pipe, "windows", [self.k(key, "w")], [now, WINDOW])
                 return [Window(float(t), float(o)) for t, o in await pipe.execute()]
 
         return await self._guard(remote, lambda: self.local.windows(keys, now))
