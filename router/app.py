@@ -114,10 +114,15 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except Exception:  # a bug of ours: still an OpenAI-shaped answer, and a traceback in the log
         log.exception("unhandled error in %s %s [%s]", request.method, request.path, rid)
         response = error_response(RouterError("The router hit an internal error."))
-    if not response.prepared and isinstance(response, web.Response):
-        _maybe_compress(request, response, runtime.config)
-    seconds = time.perf_counter() - started
     call = request.get(CALL)
+    if not response.prepared:
+        if "x-llm-router-attempts" not in response.headers and request.path.startswith("/v1/"):
+            # Answered without an upstream call: /v1/models, or refused (auth, bad JSON,
+            # unknown model, client limits). Every API reply says how many calls it took.
+            response.headers["x-llm-router-attempts"] = str(call.started) if call else "0"
+        if isinstance(response, web.Response):
+            _maybe_compress(request, response, runtime.config)
+    seconds = time.perf_counter() - started
     if call is not None or request.path in PROXIED:
         _observe(request, response.status, call, seconds, rid)
     access = request.app[ACCESS]

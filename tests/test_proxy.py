@@ -213,3 +213,19 @@ async def test_upstream_non_json_body_still_reaches_client(one: Any) -> None:
     r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
     assert r.status == 200
     assert await r.read() == b"not json at all"
+
+
+async def test_replies_without_an_upstream_call_say_zero_attempts(one: Any) -> None:
+    fake, client = one
+    refused = [
+        await client.post(CHAT, json={"model": "nope"}, headers=ALICE),  # 404
+        await client.post(CHAT, data=b"{bad", headers=ALICE),  # 400
+        await client.post(CHAT, json={"model": "g"}),  # 401
+        await client.get("/v1/models", headers=ALICE),  # 200, answered by the router
+    ]
+    assert [r.status for r in refused] == [404, 400, 401, 200]
+    assert all(r.headers["x-llm-router-attempts"] == "0" for r in refused)
+    assert fake.seen == []
+    fake.script.append(status(400))  # passed through: one call
+    r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+    assert r.status == 400 and r.headers["x-llm-router-attempts"] == "1"
