@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 from router.breaker import Health
 from router.config import State as StateConfig
 from router.state import WINDOW, Clock, Usage, Window
+from router.state.behind import Delta, Fill, WriteBehind
 from router.state.lua import COOL, LOADS, PROBE, RECORD, TAKE, WINDOWS
 from router.state.memory import MemoryState
 
@@ -79,14 +80,7 @@ class RedisState:
         self._held: dict[str, list[tuple[str, float]]] = {}  # our reservations per key
         self._down = False
         self._watcher: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._pending: list[
-            tuple[Callable[[Pipeline], Awaitable[None]], tuple[str, float] | None]
-        ] = []
-        self._delta: dict[str, float] = {}  # load changes queued, not yet sent to Redis
-        self._sent_total: dict[str, float] = {}  # load changes sent so far, summed
-        self._kick = asyncio.Event()
-        self._busy = False
+        self.behind = WriteBehind(self._pipeline, self._mark_down, CALL_TIMEOUT * 4)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -120,9 +114,9 @@ class RedisState:
     async def _pipeline(self) -> AsyncIterator[Pipeline]:
         """A pipeline holding its connection before any command is queued.
 
-        execute() then writes to the socket without yielding to the loop first, so what
-        is taken out of (or read from) the delta just before it matches what Redis gets,
-        in the order it gets it. Left to itself, execute() might first open a connection.
+        execute() then writes to the socket without yielding to the loop first, so the
+        write-behind bookkeeping done just before it matches what Redis gets, in the order
+        it gets it. Left to itself, execute() might first open a connection.
         """
         async with self.client.pipeline(transaction=False) as pipe:
             conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
@@ -143,67 +137,6 @@ class RedisState:
             self._down = True
             log.error("redis unreachable (%s): serving on local state until it is back",
                       type(exc).__name__)  # fmt: skip
-
-    def _later(
-        self, fill: Callable[[Pipeline], Awaitable[None]], delta: tuple[str, float] | None = None
-    ) -> None:
-        """Queue a write; the writer sends what has queued up in one pipeline.
-
-        Writes that need no answer (reservations, usage, successes, window hits) leave the
-        request path this way; reads and atomic checks stay synchronous.
-        """
-        if self._down:
-            return  # the local copy has it; a reservation in Redis would expire anyway
-        if delta:  # until it is written, our own picks add it to what Redis says
-            self._delta[delta[0]] = self._delta.get(delta[0], 0.0) + delta[1]
-        self._pending.append((fill, delta))
-        self._kick.set()
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="redis-state-writer")
-
-    async def _write(self) -> None:
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            ops, self._pending = self._pending, []
-            if not ops:
-                continue
-            self._busy = True
-            try:
-                async with asyncio.timeout(CALL_TIMEOUT * 4):
-                    async with self._pipeline() as pipe:
-                        for fill, _ in ops:
-                            await fill(pipe)
-                        self._sent(ops)
-                        await pipe.execute()
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._mark_down(exc)
-            finally:
-                self._busy = False
-                self._sent(ops)
-
-    def _sent(self, ops: list[tuple[Any, tuple[str, float] | None]]) -> None:
-        """Move a batch's load changes from the unsent delta to the sent total, as sent.
-
-        Redis handles commands in the order they reach it (on loopback, and in practice
-        on a network), so a read sent after this
-        batch sees these changes, and a read sent before it adds them itself (_read).
-        """
-        for i, (fill, delta) in enumerate(ops):
-            if delta:
-                self._sent_total[delta[0]] = self._sent_total.get(delta[0], 0.0) + delta[1]
-                left = self._delta.get(delta[0], 0.0) - delta[1]
-                if abs(left) > 1e-9:
-                    self._delta[delta[0]] = left
-                else:
-                    self._delta.pop(delta[0], None)
-                ops[i] = (fill, None)
-
-    async def flush(self) -> None:
-        """Wait until every queued write has been sent (tests, and a clean shutdown)."""
-        async with asyncio.timeout(CALL_TIMEOUT * 8):
-            while self._pending or self._busy:
-                await asyncio.sleep(0.002)
 
     async def _watch(self) -> None:
         while True:
@@ -239,11 +172,20 @@ class RedisState:
         if not self._down:
             with contextlib.suppress(TimeoutError):
                 await self.flush()
-        for task in (self._watcher, self._writer):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self.behind.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         await self.client.aclose()
+
+    async def flush(self) -> None:
+        """Wait until every queued write has been sent (tests, and a clean shutdown)."""
+        await self.behind.flush()
+
+    def _later(self, fill: Fill, delta: Delta | None = None) -> None:
+        """Writes that need no answer go behind; reads and atomic checks stay synchronous."""
+        if not self._down:  # else the local copy has it; a Redis reservation would expire
+            self.behind.add(fill, delta)
 
     # -- balancing ------------------------------------------------------------------
 
@@ -251,20 +193,16 @@ class RedisState:
         self, keys: Sequence[str], health: bool
     ) -> tuple[list[list[bytes]], list[Any], list[float]]:
         """Loads (and health) of `keys` in one round trip, plus this router's changes that
-        had not reached Redis when it answered (see _sent)."""
+        had not reached Redis when it answered (see WriteBehind)."""
         async with self._pipeline() as pipe:
             for key in keys:
                 keys3 = [self.k(key, "usage"), self.k(key, "held"), self.k(key, "win")]
                 self._eval(pipe, "loads", keys3, [self.clock(), self.window])
                 if health:
                     pipe.hgetall(self.k(key, "health"))
-            sent = [self._sent_total.get(key, 0.0) for key in keys]
+            before = self.behind.sent_before(keys)
             out = await pipe.execute()
-        # Redis answered with every batch sent before this read and none sent after it.
-        missing = [
-            self._sent_total.get(key, 0.0) - before + self._delta.get(key, 0.0)
-            for key, before in zip(keys, sent, strict=True)
-        ]
+        missing = self.behind.missing(keys, before)
         step = 2 if health else 1
         return out[::step], out[1::step] if health else [], missing
 
