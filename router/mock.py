@@ -128,6 +128,12 @@ def _missing(path: str, req: dict[str, Any]) -> str | None:
     return None  # /completions and /responses have defaults for everything
 
 
+def _pieces(answer: str) -> list[str]:
+    """A reply streamed word by word: each piece after the first keeps its space."""
+    words = answer.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
 def _ident(prefix: str) -> str:
     return f"{prefix}-mock{time.time_ns():x}"
 
@@ -162,8 +168,6 @@ def _stream(
     chat = path == "/chat/completions"
     ident, created = _ident("chatcmpl" if chat else "cmpl"), int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
-    words = answer.split(" ")
-    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
 
     def event(choice: dict[str, Any] | None, usage_: dict[str, int] | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -186,7 +190,7 @@ def _stream(
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     events = [event(choice("", None, first=True))] if chat else []
-    events += [event(choice(piece, None)) for piece in pieces]
+    events += [event(choice(piece, None)) for piece in _pieces(answer)]
     events.append(event(choice("", "stop")))
     if include_usage:
         events.append(event(None, usage))
@@ -242,15 +246,14 @@ def _response_stream(model: str, answer: str, usage: dict[str, int]) -> list[byt
     started = {**final, "status": "in_progress", "output": [], "usage": None}
     part = {"type": "output_text", "text": "", "annotations": []}
     at = {"item_id": ident, "output_index": 0, "content_index": 0}
-    words = answer.split(" ")
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": started},
         {"type": "response.in_progress", "response": started},
         {"type": "response.output_item.added", "output_index": 0,
          "item": _message(ident, "", "in_progress")},
         {"type": "response.content_part.added", **at, "part": part},
-        *({"type": "response.output_text.delta", **at, "delta": w if i == 0 else " " + w,
-           "logprobs": []} for i, w in enumerate(words)),
+        *({"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+          for piece in _pieces(answer)),
         {"type": "response.output_text.done", **at, "text": answer, "logprobs": []},
         {"type": "response.content_part.done", **at, "part": {**part, "text": answer}},
         {"type": "response.output_item.done", "output_index": 0, "item": _message(ident, answer)},
