@@ -7,6 +7,7 @@ open, or while its key is at its rpm/tpm limit; `Blocked` says until when, and w
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from router import breaker
 from router.config import Config, ModelRef, Provider, ProviderKey
 from router.errors import NotFound
 from router.payload import Tokens
-from router.state import Clock, StateBackend
+from router.state import WINDOW, Clock, StateBackend
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +39,9 @@ class Target:
     def cost(self, tokens: Tokens) -> float:
         m = self.model
         return (tokens.prompt * m.input_cost + tokens.completion * m.output_cost) / 1e6
+
+
+Entries = tuple[str | None, str | None]  # the rpm and tpm window entries of a pick
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class Balancer:
             self.groups[group.name] = tuple(targets.values())
             self.hedge_after[group.name] = group.hedge_after
         self._limited = any(k.rpm or k.tpm for p in config.providers for k in p.keys)
+        # Per target, the tpm window entries of calls not finished yet: (taken at, tokens,
+        # entry). finish() sets the first of the same size to what was used.
+        self._taken: dict[str, deque[tuple[float, float, str]]] = {}
 
     def targets(self, group: str) -> tuple[Target, ...]:
         try:
@@ -102,54 +109,84 @@ class Balancer:
             ready.append((t.model.weight * load, i, t, h))
         ready.sort(key=lambda r: (r[0], r[1]))
         for _, _, t, h in ready:
-            if self._limited and not await self._take_limits(t, reserve, now, blocked):
-                continue
+            taken: Entries = (None, None)
+            if self._limited:
+                got = await self._take_limits(t, reserve, now, blocked)
+                if got is None:
+                    continue
+                taken = got
             if h.breaker != "closed" and not await self.state.take_probe(t.id, now, self.cooldown):
                 blocked.append(Blocked(now + self.cooldown, False))
-                if self._limited:
-                    await self._give_back(t, reserve, now)
+                await self._give_back(t, taken)
                 continue
+            if taken[1] is not None:
+                pending = self._taken.setdefault(t.id, deque())
+                while pending and pending[0][0] <= now - WINDOW:
+                    pending.popleft()  # left the window: nothing to correct (a call lost)
+                pending.append((now, reserve, taken[1]))
             await self.state.reserve(t.id, reserve + self.request_penalty)
             return t, blocked
         return None, blocked
 
     async def _take_limits(
         self, t: Target, reserve: float, now: float, blocked: list[Blocked]
-    ) -> bool:
-        """Count this request against its key's rpm and tpm, atomically, if both have room."""
-        key = t.key
-        if key.rpm:
-            until = await self.state.take(f"rpm:{t.key_id}", 1, key.rpm, now)
-            if until is not None:
-                blocked.append(Blocked(until, True))
-                return False
-        if key.tpm:
-            until = await self.state.take(f"tpm:{t.key_id}", reserve, key.tpm, now)
-            if until is not None:
-                if key.rpm:  # give back the request it will not make
-                    await self.state.hit(f"rpm:{t.key_id}", -1, now)
-                blocked.append(Blocked(until, True))
-                return False
-        return True
+    ) -> Entries | None:
+        """Count this request against its key's rpm and tpm, atomically, if both have room.
 
-    async def _give_back(self, t: Target, reserve: float, now: float) -> None:
-        if t.key.rpm:
-            await self.state.hit(f"rpm:{t.key_id}", -1, now)
-        if t.key.tpm:
-            await self.state.hit(f"tpm:{t.key_id}", -reserve, now)
+        The window entries taken (rpm, tpm), or None if either was full."""
+        key = t.key
+        rpm = tpm = None
+        if key.rpm:
+            taken = await self.state.take(f"rpm:{t.key_id}", 1, key.rpm, now)
+            if taken.entry is None:
+                blocked.append(Blocked(taken.until, True))
+                return None
+            rpm = taken.entry
+        if key.tpm:
+            taken = await self.state.take(f"tpm:{t.key_id}", reserve, key.tpm, now)
+            if taken.entry is None:
+                await self._give_back(t, (rpm, None))  # the request it will not make
+                blocked.append(Blocked(taken.until, True))
+                return None
+            tpm = taken.entry
+        return rpm, tpm
+
+    async def _give_back(self, t: Target, taken: Entries) -> None:
+        rpm, tpm = taken
+        if rpm is not None:
+            await self.state.adjust(f"rpm:{t.key_id}", rpm, 0)
+        if tpm is not None:
+            await self.state.adjust(f"tpm:{t.key_id}", tpm, 0)
 
     async def finish(
-        self, target: Target, reserved: float, used: float, failed: bool | None
+        self,
+        target: Target,
+        reserved: float,
+        used: float,
+        failed: bool | None,
+        started: float | None = None,
     ) -> breaker.Health | None:
-        """Swap the reservation for real usage and record the outcome (None: no verdict)."""
+        """Swap the reservation for real usage and record the outcome (None: no verdict).
+
+        `started` is the clock time of the pick that chose this call: a result from a call
+        started before the target's breaker last opened is ignored (None: counts as now).
+        """
         penalty = self.request_penalty + (self.error_penalty if failed else 0.0)
         await self.state.settle(target.id, reserved + self.request_penalty, used + penalty)
         now = self.clock()
         if target.key.tpm:
-            await self.state.hit(f"tpm:{target.key_id}", used - reserved, now)
+            # The reservation becomes what was used, at the time it was taken.
+            pending = self._taken.get(target.id)
+            i = next((i for i, p in enumerate(pending or ()) if p[1] == reserved), None)
+            if pending and i is not None:
+                _, _, entry = pending[i]
+                del pending[i]
+                await self.state.adjust(f"tpm:{target.key_id}", entry, used)
         if failed is None:
             return None
-        return await self.state.record(target.id, not failed, now, self.threshold, self.cooldown)
+        return await self.state.record(
+            target.id, not failed, now, self.threshold, self.cooldown, started
+        )
 
     async def cool(self, target: Target, seconds: float, rate_limited: bool) -> None:
         await self.state.cool(target.id, self.clock() + seconds, rate_limited)

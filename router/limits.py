@@ -65,11 +65,11 @@ class ClientLimits:
                 err.type = err.code = "insufficient_quota"
                 raise err
         if key.rpm:  # last, and atomic: a refused request does not use up the minute
-            until = await self.state.take(f"client-rpm:{name}", 1, key.rpm, now)
-            if until is not None:
+            taken = await self.state.take(f"client-rpm:{name}", 1, key.rpm, now)
+            if taken.entry is None:
                 raise _limited(
                     f"Rate limit reached for client {name!r}: {key.rpm} requests per minute.",
-                    until - now,
+                    taken.until - now,
                 )
 
     async def account(self, name: str, tokens: float, cost: float) -> None:
