@@ -39,6 +39,7 @@ class WriteBehind:
         self._kick = asyncio.Event()
         self._busy = False
         self._task: asyncio.Task[None] | None = None
+        self._refused = ""  # the last error Redis answered a write with
 
     def add(self, key: Hashable, fill: Fill) -> None:
         """Queue a write; the writer sends what has queued up in one pipeline."""
@@ -50,6 +51,10 @@ class WriteBehind:
         self._kick.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redis-state-writer")
+
+    def discard(self, stale: Callable[[Hashable], bool]) -> None:
+        """Drop queued writes that no longer need sending."""
+        self._pending = {k: fill for k, fill in self._pending.items() if not stale(k)}
 
     def pause(self) -> None:
         """Redis is unreachable: keep the writes until resume()."""
@@ -103,7 +108,8 @@ class WriteBehind:
                 lost = errors[0]  # a write Redis refuses would be refused again
             elif done is not None:
                 done()
-        if lost is not None:
+        if lost is not None and str(lost) != self._refused:
+            self._refused = str(lost)  # logged once, not once per batch
             log.error("redis refused a state write: %s", lost)
         if again:
             self._again(again)

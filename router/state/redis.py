@@ -138,6 +138,7 @@ class RedisState:
             await asyncio.sleep(0.5)
             if not self._down:
                 continue
+            self.behind.discard(self._stale)  # a long outage must not pile up writes
             try:
                 async with asyncio.timeout(CALL_TIMEOUT * 2):
                     await self.client.ping()
@@ -193,7 +194,8 @@ class RedisState:
         for key in self.local.total_keys():
             self._later(("total", key), self._write_total(key))
         for key, e in self.local.entries():
-            self._later(("entry", key, e.id), self._write_entry(key, e.id))
+            if e.at > self.clock() - WINDOW:
+                self._later(("entry", key, e.id), self._write_entry(key, e.id))
 
     # -- balancing ------------------------------------------------------------------
 
@@ -370,10 +372,17 @@ class RedisState:
     def _write_entry(self, key: str, entry: str) -> Fill:
         def fill(pipe: Pipeline) -> None:
             e = self.local.entry(key, entry)
-            if e is not None:  # else it has left the window
+            if e is not None and e.at > self.clock() - WINDOW:  # else it has left the window
                 self._eval(pipe, "put", [self.k(key, "w")], [entry, e.at, e.amount, WINDOW])
 
         return fill
+
+    def _stale(self, write: Hashable) -> bool:
+        """A queued window write whose entry has left the window: nothing to send."""
+        if not (isinstance(write, tuple) and write[0] == "entry"):
+            return False
+        e = self.local.entry(write[1], write[2])
+        return e is None or e.at <= self.clock() - WINDOW
 
     async def totals(self, keys: Sequence[str]) -> list[float]:
         """Period totals (budgets): the other routers' shares plus this one's."""
