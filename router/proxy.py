@@ -29,6 +29,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
+from router.limits import Hold
 from router.payload import Tokens
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
@@ -71,6 +72,7 @@ class Call:
 
 
 CALL = web.RequestKey("call", Call)
+HOLD = web.RequestKey("hold", Hold)
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -83,6 +85,14 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _handle(request)
+    finally:  # the client's limits hold the request's estimate until it ends
+        if (hold := request.get(HOLD)) is not None:
+            await hold.release()
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     runtime = request.app[LIVE].runtime
     raw = await request.read()
@@ -91,7 +101,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
     reserve = payload.estimate(raw, body, path == "/embeddings")
     client = request.get(CLIENT, ANONYMOUS)
-    await runtime.limits.admit(client, reserve)
+    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
+        request[HOLD] = hold
     group = str(body["model"])
     call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
     request[CALL] = call

@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 import redis
 
+from router.app import create_app
 from router.balancer import Balancer
 from router.config import State, parse
+from router.keys import LIVE, STATE
 from router.state import StateBackend
 from router.state.memory import MemoryState
 from router.state.redis import RedisState
-from tests.fakes import config_tree
+from tests.conftest import ALICE
+from tests.fakes import config_tree, slow
 from tests.redis_server import RedisServer
+
+CHAT = "/v1/chat/completions"
 
 
 class Clock:
@@ -325,6 +330,10 @@ def test_every_command_sent_exists_in_redis_6_2(redis_server: RedisServer, prefi
             await s.windows(["rpm:k"], clock.now)
             await s.add_total("budget:x:2026-11", 0.5, 3600)
             await s.totals(["budget:x:2026-11"])
+            held = await s.hold_total("budget:x:2026-11", 0.25, 1.0)
+            assert held is not None
+            await s.release_total("budget:x:2026-11", held)
+            await s.hit("client-tpm:x", 100, clock.now)
             await s.usage(t.id)
             await s.take_probe(t.id, clock.now, 10)
             await s.close()
@@ -363,3 +372,64 @@ def _tokens_after_6_2(arguments: list[dict[str, Any]], newer: bool = False) -> s
             out.add(arg["token"].lower())
         out |= _tokens_after_6_2(arg.get("arguments", []), new)
     return out
+
+
+# -- client tpm and budget are reservations (issue 12) --------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def routers(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    prefix: str,
+    fakes: Any,
+    aiohttp_client: Any,
+) -> Any:
+    """Make one router (memory state) or two sharing a Redis, over one slow fake provider."""
+
+    async def make(**client_limits: Any) -> list[Any]:
+        [(fake, url)] = await fakes(1)
+        fake.total_tokens = 1000
+        fake.script.extend([slow(0.5)] * 12)  # every request is in flight at once
+        extra = {}
+        if request.param == "redis":
+            extra["state"] = {"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+        tree = config_tree([url], **extra)
+        tree["groups"][0]["models"][0].update(input_cost=100, output_cost=100)  # $0.10 each
+        tree["api_keys"][0].update(client_limits)
+        n = 2 if request.param == "redis" else 1
+        return [await aiohttp_client(create_app(parse(tree, env={}))) for _ in range(n)]
+
+    return make
+
+
+async def burst(clients: list[Any]) -> tuple[list[int], StateBackend]:
+    """12 requests at once, spread over the routers, each reserving about 1,000 tokens; the
+    statuses, and the last router's state once its writes are out."""
+    body = {"model": "g", "max_tokens": 985}
+    replies = await asyncio.gather(
+        *(clients[i % len(clients)].post(CHAT, json=body, headers=ALICE) for i in range(12))
+    )
+    for c in clients:
+        await written(c.app[STATE])
+    return [r.status for r in replies], clients[-1].app[STATE]
+
+
+async def test_concurrent_requests_cannot_overshoot_a_budget(routers: Any) -> None:
+    clients = await routers(budget_usd=0.35)
+    statuses, state = await burst(clients)
+    # Admitted while spend plus what admitted requests hold is under $0.35: four of them.
+    assert statuses.count(200) == 4 and statuses.count(429) == 8, statuses
+    limits = clients[-1].app[LIVE].runtime.limits
+    budget = limits.budget_key(limits.keys["alice"])[0]
+    assert await state.totals([budget]) == [pytest.approx(0.4)]
+    assert await state.hold_total(budget, 0, 0.41) is not None  # nothing is held any more
+
+
+async def test_concurrent_requests_cannot_overshoot_a_client_tpm(routers: Any) -> None:
+    clients = await routers(tpm=2000)
+    statuses, state = await burst(clients)
+    # Admitted while the window (usage and held estimates) is not over 2,000: three.
+    assert statuses.count(200) == 3 and statuses.count(429) == 9, statuses
+    [w] = await state.windows(["client-tpm:alice"], time.time())
+    assert w.total == 3000  # what was used; the estimates held were given back

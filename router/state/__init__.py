@@ -91,6 +91,12 @@ class StateBackend(Protocol):
 
     async def add_total(self, key: str, amount: float, ttl: float) -> None: ...
 
+    async def hold_total(self, key: str, amount: float, limit: float) -> str | None:
+        """Hold `amount` on a period total until release_total(), unless the total with every
+        hold on it is at `limit` already. The hold's id; None when refused."""
+
+    async def release_total(self, key: str, hold: str) -> None: ...
+
     async def start(self) -> None:
         """Begin background work (a Redis backend watches its connection)."""
 

@@ -71,6 +71,25 @@ end
 return 1
 """
 
+# KEYS: period-total hash (router -> amount), holds zset ("<id>:<amount>", by expiry).
+# ARGV: this router's id, its own total, amount, limit, now, hold id, hold expires at.
+# 1 when held.
+HOLD = (
+    _SUM
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+local total = tonumber(ARGV[2]) + sum(KEYS[2])
+local s = redis.call('HGETALL', KEYS[1])
+for i = 1, #s, 2 do
+  if s[i] ~= ARGV[1] then total = total + tonumber(s[i + 1]) end
+end
+if total >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6] .. ':' .. ARGV[3])
+redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[7])) + 60)
+return 1
+"""
+)
+
 # KEYS: window zset. ARGV: now, span. -> {total, oldest}
 WINDOWS = (
     _SUM

@@ -51,6 +51,8 @@ class MemoryState:
         self._health: dict[str, Health] = {}
         self._windows: dict[str, _Window] = {}
         self._totals: dict[str, tuple[float, float]] = {}  # key -> (amount, expires at)
+        self._holds: dict[str, float] = {}  # hold id -> amount
+        self._held: dict[str, float] = {}  # key -> amount held on it
         self._ids = itertools.count()
 
     def _get(self, key: str) -> Counter:
@@ -173,6 +175,27 @@ class MemoryState:
             current, expires = 0.0, now + ttl
         self._totals[key] = (current + amount, expires)
 
+    async def hold_total(
+        self, key: str, amount: float, limit: float, hold: str | None = None
+    ) -> str | None:
+        [spent] = await self.totals([key])
+        if spent + self._held.get(key, 0.0) >= limit:
+            return None
+        hold = hold or f"h{next(self._ids)}"
+        self._holds[hold] = amount
+        self._held[key] = self._held.get(key, 0.0) + amount
+        return hold
+
+    async def release_total(self, key: str, hold: str) -> None:
+        amount = self._holds.pop(hold, 0.0)
+        if key in self._held and (left := self._held[key] - amount) > 1e-12:
+            self._held[key] = left
+        else:
+            self._held.pop(key, None)
+
+    def held(self, hold: str) -> float | None:
+        return self._holds.get(hold)
+
     async def start(self) -> None:
         pass
 
@@ -185,6 +208,8 @@ class MemoryState:
         self._health.clear()
         self._windows.clear()
         self._totals.clear()
+        self._holds.clear()
+        self._held.clear()
 
     # -- this router's own changes, for RedisState to write to Redis -----------------------
 

@@ -34,7 +34,7 @@ from router.breaker import Health
 from router.config import State as StateConfig
 from router.state import WINDOW, Clock, Taken, Usage, Window
 from router.state.behind import Fill, WriteBehind
-from router.state.lua import COOL, LOADS, PROBE, PUT, RECORD, TAKE, WINDOWS
+from router.state.lua import COOL, HOLD, LOADS, PROBE, PUT, RECORD, TAKE, WINDOWS
 from router.state.memory import MemoryState
 
 log = logging.getLogger("router.state")
@@ -80,7 +80,7 @@ class RedisState:
         self._scripts = {
             name: self.client.register_script(src)
             for name, src in (("loads", LOADS), ("take", TAKE), ("put", PUT), ("windows", WINDOWS),
-                              ("probe", PROBE), ("record", RECORD), ("cool", COOL))
+                              ("hold", HOLD), ("probe", PROBE), ("record", RECORD), ("cool", COOL))
         }  # fmt: skip
         self._ids = itertools.count()
         self._me = os.urandom(6).hex()  # this router's id: its fields and window entries
@@ -403,6 +403,32 @@ class RedisState:
     async def add_total(self, key: str, amount: float, ttl: float) -> None:
         await self.local.add_total(key, amount, ttl)
         self._later(("total", key), self._write_total(key))
+
+    async def hold_total(self, key: str, amount: float, limit: float) -> str | None:
+        """Holds live in Redis, one entry each, so every router's count at once; they
+        expire like reservations should their router die."""
+        hold, amount = f"{self._me}.{next(self._ids)}", float(amount)
+
+        async def remote() -> str | None:
+            now = self.clock()
+            [mine] = await self.local.totals([key])
+            args: list[str | float] = [self._me, mine, amount, limit, now, hold, now + self.hold]
+            keys = [self.k(key, "spent"), self.k(key, "holds")]
+            if not await self._scripts["hold"](keys=keys, args=args):
+                return None
+            return await self.local.hold_total(key, amount, math.inf, hold)  # to release it
+
+        return await self._guard(remote, lambda: self.local.hold_total(key, amount, limit, hold))
+
+    async def release_total(self, key: str, hold: str) -> None:
+        amount = self.local.held(hold)
+        await self.local.release_total(key, hold)
+
+        def fill(pipe: Pipeline) -> None:
+            pipe.zrem(self.k(key, "holds"), f"{hold}:{amount!r}")
+
+        if amount is not None:
+            self._later(("release", hold), fill)
 
     def _write_total(self, key: str) -> Fill:
         def fill(pipe: Pipeline) -> None:
