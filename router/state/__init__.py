@@ -87,7 +87,8 @@ class StateBackend(Protocol):
     async def hit(self, key: str, amount: float, now: float) -> None:
         """Add an entry to a window unconditionally."""
 
-    async def totals(self, keys: Sequence[str]) -> list[float]: ...
+    async def totals(self, keys: Sequence[str]) -> list[float]:
+        """Period totals (budget spend), not counting holds."""
 
     async def add_total(self, key: str, amount: float, ttl: float) -> None: ...
 
