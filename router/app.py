@@ -45,10 +45,10 @@ from router.keys import (
 from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.metrics import Metrics
-from router.mock import MockUpstream
+from router.providers.http import HttpUpstream, Upstream
+from router.providers.mock import MockUpstream
 from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
-from router.upstream import HttpUpstream, Upstream
 from router.usagelog import UsageLog
 
 log = logging.getLogger("router")

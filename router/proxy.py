@@ -30,9 +30,9 @@ from router.errors import (
 )
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
 from router.payload import Tokens
+from router.providers.http import Reply
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
-from router.upstream import Reply
 
 log = logging.getLogger("router.proxy")
 

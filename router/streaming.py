@@ -18,7 +18,7 @@ from aiohttp.tcp_helpers import tcp_nodelay
 from router.compression import StreamCompressor
 from router.errors import UpstreamError, error_body
 from router.payload import Tokens, usage_tokens
-from router.upstream import Reply
+from router.providers.http import Reply
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # The Responses API's stream has no [DONE]: it ends with one of these events.

@@ -1,0 +1,1 @@
+"""Provider wire formats: the pooled HTTP transport, the built-in mock, and vendor translators."""
