@@ -18,7 +18,7 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from router import proxy, status
+from router import providers, proxy, status
 from router.auth import ANONYMOUS, Authenticator
 from router.balancer import Balancer
 from router.compression import compress, negotiate
@@ -45,8 +45,7 @@ from router.keys import (
 from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.metrics import Metrics
-from router.providers.http import HttpUpstream, Upstream
-from router.providers.mock import MockUpstream
+from router.providers import anthropic
 from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
 from router.usagelog import UsageLog
@@ -72,7 +71,15 @@ EXPOSED = (
     "x-ratelimit-reset-requests",
     "x-ratelimit-reset-tokens",
 )
-PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+PROXIED = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+)
+# Errors answer in the shape of the API the client called: OpenAI's, unless listed here.
+ERROR_SHAPES = {"/v1/messages": anthropic.error_response}
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -99,21 +106,23 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     request_id.set(rid)  # the handler runs in its own task, so this stays with the request
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
+    render = ERROR_SHAPES.get(request.path, error_response)
     try:
         if request.method != "OPTIONS" and (
             request.path.startswith("/v1/") or request.path == "/status"
         ):
-            request[CLIENT] = runtime.auth.check(request.headers.get("Authorization"))
+            h = request.headers
+            request[CLIENT] = runtime.auth.check(h.get("Authorization"), h.get("x-api-key"))
         response = await handler(request)
     except RouterError as exc:
-        response = error_response(exc)
+        response = render(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_response(from_http_exception(exc))
+        response = render(from_http_exception(exc))
     except Exception:  # a bug of ours: still an OpenAI-shaped answer, and a traceback in the log
         log.exception("unhandled error in %s %s [%s]", request.method, request.path, rid)
-        response = error_response(RouterError("The router hit an internal error."))
+        response = render(RouterError("The router hit an internal error."))
     call = request.get(CALL)
     if not response.prepared:
         if "x-llm-router-attempts" not in response.headers and request.path.startswith("/v1/"):
@@ -292,8 +301,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, trust_env=False)
     app[SESSION] = session
-    upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
-    app[UPSTREAMS] = upstreams
+    app[UPSTREAMS] = providers.build(session)
     await app[STATE].start()
     tasks = [asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")]
     usage_log = app.get(USAGE_LOG)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from router import payload
+from router import payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
 from router.compression import negotiate
@@ -38,8 +38,14 @@ log = logging.getLogger("router.proxy")
 
 # Upstream statuses worth another target: overload, outages, and a bad or revoked key.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-_PASSED_PREFIXES = ("x-ratelimit-", "openai-processing-ms", "openai-version")
-_STREAMABLE = ("/chat/completions", "/completions", "/responses")
+_PASSED_PREFIXES = (
+    "x-ratelimit-",
+    "openai-processing-ms",
+    "openai-version",
+    "anthropic-ratelimit-",
+)
+_STREAMABLE = ("/chat/completions", "/completions", "/responses", "/messages")
+_OWN_USAGE = ("/responses", "/messages")  # streams that always report usage
 
 
 @dataclass
@@ -87,8 +93,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[LIVE].runtime
     raw = await request.read()
     body = payload.parse(raw)
-    targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
+    targets = providers.serving(body["model"], runtime.balancer.targets(body["model"]), path)
     reserve = payload.estimate(raw, body, path == "/embeddings")
     client = request.get(CLIENT, ANONYMOUS)
     await runtime.limits.admit(client, reserve)
@@ -169,7 +175,7 @@ async def _hedged(
     try:
         done, _ = await asyncio.wait(tasks, timeout=hedge_after)
         if not done:
-            targets = runtime.balancer.targets(call.group)
+            targets = providers.serving(call.group, runtime.balancer.targets(call.group), call.path)
             second, _ = await runtime.balancer.pick(targets, call.reserve, tried)
             if second is not None:
                 tried.append(second)
@@ -201,7 +207,7 @@ async def _attempt(
     began = time.perf_counter()
     call.started += 1
     stream = call.stream and call.path in _STREAMABLE
-    add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
+    add_usage = stream and call.path not in _OWN_USAGE and not payload.wants_usage(call.body)
     out = payload.rewrite(call.raw, call.body, target.model.name, add_usage)
     tokens: Tokens | None = None
     failed: bool | None = True
@@ -209,7 +215,7 @@ async def _attempt(
     relay: Relay | None = None
     try:
         upstream = request.app[UPSTREAMS][target.provider.type]
-        reply = await upstream.send(target, call.path, out, call.stream)
+        reply = await upstream.send(target, call.path, out, call.stream, request.headers)
         if reply.status == 400 and add_usage:
             data = await reply.read()
             if b"stream_options" in data:
@@ -219,7 +225,7 @@ async def _attempt(
                 add_usage = False
                 out = payload.rewrite(call.raw, call.body, target.model.name, False)
                 call.started += 1
-                reply = await upstream.send(target, call.path, out, call.stream)
+                reply = await upstream.send(target, call.path, out, call.stream, request.headers)
         if reply.status >= 400:
             data = await reply.read()
             if reply.status in RETRYABLE:
@@ -233,7 +239,12 @@ async def _attempt(
                 status=reply.status, body=data, headers=_headers(reply, target, call)
             )
         if stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            relay = Relay(reply, strip_usage=add_usage, responses=call.path == "/responses")
+            relay = Relay(
+                reply,
+                strip_usage=add_usage,
+                responses=call.path == "/responses",
+                messages=call.path == "/messages",
+            )
             first = await relay.first()
             if claim:
                 claim()
