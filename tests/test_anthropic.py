@@ -18,6 +18,7 @@ from router.keys import METRICS, STATE
 from tests.conftest import ALICE
 from tests.fakes import iter_events
 from tests.fakes_anthropic import FakeAnthropic, error, stream_fault
+from tests.test_observability import samples, value
 
 CHAT = "/v1/chat/completions"
 CLAUDE = "claude/claude#0/claude-up"
@@ -419,3 +420,56 @@ def test_demo_with_anthropic_key_uses_the_native_adapter() -> None:
     cfg = demo_config(env={"ANTHROPIC_API_KEY": "sk-ant"})
     p = cfg.provider("anthropic")
     assert (p.type, p.api, p.base_url) == ("anthropic", "anthropic", "https://api.anthropic.com")
+
+
+async def test_cost_and_metrics_for_streams_on_both_endpoints(stack: Any) -> None:
+    _, _, make = stack
+    client = await make()
+    chat = {"model": "claude", "messages": messages(), "stream": True}
+    native = {"model": "claude", "max_tokens": 64, "stream": True,
+              "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    await (await client.post(CHAT, json=chat, headers=ALICE)).read()
+    await (await client.post("/v1/messages", json=native, headers=NATIVE)).read()
+    m = samples(await (await client.get("/metrics")).text())
+    target = {"provider": "claude", "model": "claude-up", "key": "claude#0"}
+    assert value(m, "llm_router_prompt_tokens_total", **target) == 2 * 28
+    assert value(m, "llm_router_completion_tokens_total", **target) == 2 * 12
+    cost = value(m, "llm_router_cost_usd_total", **target, client="alice")
+    assert cost == pytest.approx(2 * (28 * 3 + 12 * 15) / 1e6)
+    assert value(m, "llm_router_requests_total", group="claude", status="200", **target) == 2
+
+
+async def test_messages_hedge_to_a_second_anthropic_target(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    slow_fake, fast_fake = FakeAnthropic(), FakeAnthropic(words=("fast",))
+    urls = [f"http://127.0.0.1:{(await aiohttp_server(f.app())).port}"
+            for f in (slow_fake, fast_fake)]  # fmt: skip
+    cfg = tree(urls[0])
+    cfg["providers"].append({**cfg["providers"][0], "name": "claude2", "base_url": urls[1]})
+    models = [{"provider": "claude", "name": "claude-up"}, {"provider": "claude2", "name": "c2"}]
+    cfg["groups"] = [{"name": "claude", "hedge_after": 0.1, "models": models}]
+    client = await aiohttp_client(create_app(parse(cfg, env={})))
+
+    async def stall(request: Any, seen: Any) -> Any:
+        await asyncio.sleep(3)
+        return await slow_fake.ok(request, seen)
+
+    slow_fake.script.append(stall)
+    body = {"model": "claude", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    r = await client.post("/v1/messages", json=body, headers=NATIVE)
+    assert r.status == 200 and r.headers["x-llm-router-provider"] == "claude2"
+    assert (await r.json())["content"][0]["text"] == "fast"
+    assert (await client.app[STATE].usage(CLAUDE)).reserved == 0  # the loser let go
+
+
+async def test_messages_client_limits_answer_in_anthropic_shape(aiohttp_client: Any) -> None:
+    cfg = tree("http://127.0.0.1:1")  # a closed port: the first call fails, the second is refused
+    cfg["api_keys"][0]["rpm"] = 1
+    client = await aiohttp_client(create_app(parse(cfg, env={})))
+    body = {"model": "claude", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    r = await client.post("/v1/messages", json=body, headers=NATIVE)
+    assert r.status == 502 and (await r.json())["error"]["type"] == "api_error"
+    r = await client.post("/v1/messages", json=body, headers=NATIVE)
+    assert r.status == 429 and "Retry-After" in r.headers
+    assert (await r.json())["error"]["type"] == "rate_limit_error"

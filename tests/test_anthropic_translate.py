@@ -8,16 +8,13 @@ from typing import Any
 import orjson
 import pytest
 
-from router.providers.anthropic import (
+from router.providers.anthropic import error_event, messages_path, native_error, rate_headers
+from router.providers.anthropic_chat import (
     ChatStream,
     Refused,
     chat_error,
     chat_reply,
     chat_request,
-    error_event,
-    messages_path,
-    native_error,
-    rate_headers,
 )
 from tests.fakes_anthropic import events, message
 
