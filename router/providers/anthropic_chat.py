@@ -72,7 +72,7 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     if system:
         out["system"] = system
     out["max_tokens"] = next(
-        (v for k in ("max_completion_tokens", "max_tokens") if _is_int(v := body.get(k))),
+        (v for k in ("max_completion_tokens", "max_tokens") if _positive_int(v := body.get(k))),
         DEFAULT_MAX_TOKENS,
     )
     temperature = body.get("temperature")
@@ -100,7 +100,7 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_int(v: Any) -> bool:
+def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
@@ -111,26 +111,26 @@ def _turns(messages: Any) -> tuple[str, list[dict[str, Any]]]:
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        role, content = m.get("role"), m.get("content")
+        role, content, at = m.get("role"), m.get("content"), f"messages[{i}]"
         if role in ("system", "developer"):
-            text = _plain_text(content, f"messages[{i}].content")
+            text = _plain_text(content, f"{at}.content")
             if text:
                 system.append(text)
             continue
         if role == "user":
-            blocks = _blocks(content, f"messages[{i}].content")
+            blocks = _blocks(content, f"{at}.content")
         elif role == "assistant":
-            blocks = _blocks(content, f"messages[{i}].content")
+            blocks = _blocks(content, f"{at}.content")
             for j, call in enumerate(m.get("tool_calls") or []):
-                blocks.append(_tool_use(call, f"messages[{i}].tool_calls[{j}]"))
+                blocks.append(_tool_use(call, f"{at}.tool_calls[{j}]"))
         elif role == "tool":
-            result = content if isinstance(content, str) else _blocks(content, f"messages[{i}]")
+            result = content if isinstance(content, str) else _blocks(content, f"{at}.content")
             blocks = [
                 {"type": "tool_result", "tool_use_id": m.get("tool_call_id"), "content": result}
             ]
             role = "user"
         else:
-            raise Refused(f"messages[{i}].role", f"Unsupported message role {role!r}.")
+            raise Refused(f"{at}.role", f"Unsupported message role {role!r}.")
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)  # consecutive same-role messages: one turn
         else:

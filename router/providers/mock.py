@@ -297,9 +297,12 @@ def _messages(req: dict[str, Any], model: str, stream: bool) -> MockReply:
     answer = f"[MOCK] {_last_user(messages)}".strip()
     block: dict[str, Any] = {"type": "text", "text": answer}
     stop = "end_turn"
-    choice, tools = req.get("tool_choice") or {}, req.get("tools") or []
-    if tools and choice.get("type") in ("any", "tool"):  # a forced tool call: call it with {}
-        name = choice.get("name") or tools[0].get("name")
+    choice, tools = req.get("tool_choice"), req.get("tools")
+    if not isinstance(choice, dict):
+        choice = {}
+    forced = choice.get("type") in ("any", "tool")
+    if forced and isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        name = choice.get("name") or tools[0].get("name")  # a forced call: made with {}
         block = {"type": "tool_use", "id": _ident("toolu"), "name": name, "input": {}}
         answer, stop = orjson.dumps(block).decode(), "tool_use"
     usage = {
