@@ -14,7 +14,8 @@ from router.app import create_app
 from router.breaker import Health
 from router.config import parse
 from router.demo import demo_config
-from router.keys import METRICS, STATE
+from router.keys import METRICS, STATE, USAGE_LOG
+from router.usagelog import read
 from tests.conftest import ALICE
 from tests.fakes import iter_events
 from tests.fakes_anthropic import FakeAnthropic, error, stream_fault
@@ -46,9 +47,10 @@ async def stack(aiohttp_server: Any, aiohttp_client: Any, fakes: Any) -> Any:
     server = await aiohttp_server(fake.app())
     [(oa, oa_url)] = await fakes(1)
 
-    async def make(suffix: str = "", **provider: Any) -> Any:
+    async def make(suffix: str = "", top: dict[str, Any] | None = None, **provider: Any) -> Any:
         url = f"http://127.0.0.1:{server.port}{suffix}"
-        return await aiohttp_client(create_app(parse(tree(url, oa_url, **provider), env={})))
+        config = {**tree(url, oa_url, **provider), **(top or {})}
+        return await aiohttp_client(create_app(parse(config, env={})))
 
     return fake, oa, make
 
@@ -91,6 +93,19 @@ async def test_plain_chat_is_translated_both_ways(stack: Any) -> None:
                          "messages": [{"role": "user", "content": [
                              {"type": "text", "text": "hi"}]}]}  # fmt: skip
     await settled(client)
+
+
+async def test_the_fake_receives_the_golden_translation(stack: Any) -> None:
+    """System, images, tools, tool_choice, tool results merged, stop_sequences, user: what
+    the Anthropic server receives for the golden chat request, through the router."""
+    from tests.test_anthropic_translate import GOLDEN_CHAT, GOLDEN_MESSAGES
+
+    fake, _, make = stack
+    client = await make()
+    r = await client.post(CHAT, json=GOLDEN_CHAT, headers=ALICE)
+    assert r.status == 200
+    assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    assert fake.seen[0].json == GOLDEN_MESSAGES
 
 
 async def test_base_url_with_v1_and_configured_headers(stack: Any) -> None:
@@ -161,9 +176,11 @@ async def test_anthropic_400_passes_in_openai_shape_and_is_not_retried(stack: An
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-async def test_cross_vendor_failover_529_then_openai_serves(stack: Any, streamed: bool) -> None:
+async def test_cross_vendor_failover_529_then_openai_serves(
+    stack: Any, streamed: bool, tmp_path: Any
+) -> None:
     fake, oa, make = stack
-    client = await make()
+    client = await make(top={"usage_log": str(tmp_path / "usage.jsonl")})
     fake.script.append(error(529, "overloaded_error"))
     body = {"model": "mixed", "messages": messages(), "stream": streamed}
     r = await client.post(CHAT, json=body, headers=ALICE)
@@ -175,6 +192,10 @@ async def test_cross_vendor_failover_529_then_openai_serves(stack: Any, streamed
     assert len(fake.seen) == 1 and len(oa.seen) == 1
     assert (await health(client, CLAUDE)).failures == 1
     await settled(client)
+    await client.app[USAGE_LOG].flush()
+    [line] = read(str(tmp_path / "usage.jsonl"))
+    assert (line["provider"], line["attempts"], line["status"]) == ("oa", 2, 200)
+    assert line["prompt_tokens"] + line["completion_tokens"] == 10
 
 
 async def test_error_event_before_any_chunk_fails_over(stack: Any) -> None:

@@ -21,82 +21,86 @@ from tests.fakes_anthropic import events, message
 PNG = "iVBORw0KGgo="
 
 
-def test_request_golden() -> None:
-    body = {
-        "model": "claude-x",
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
-            {"role": "user", "content": [
-                {"type": "text", "text": "Weather in Paris and London?"},
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}},
-            ]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-                {"id": "call_2", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"city": "London"}'}},
-            ]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
-            {"role": "tool", "tool_call_id": "call_2",
+GOLDEN_CHAT: dict[str, Any] = {
+    "model": "claude",
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Weather in Paris and London?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}},
+        ]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "London"}'}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "call_2",
+         "content": [{"type": "text", "text": "12C"}]},
+        {"role": "user", "content": "Thanks"},
+    ],
+    "tools": [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather by city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "max_tokens": 300,
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "stop": "END",
+    "user": "user-42",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "seed": 7,
+    "presence_penalty": 0.1,
+    "frequency_penalty": 0.1,
+    "logit_bias": {"1": 2},
+    "store": True,
+    "metadata": {"a": "b"},
+    "service_tier": "auto",
+}  # fmt: skip
+
+GOLDEN_MESSAGES: dict[str, Any] = {
+    "model": "claude-up",
+    "system": "Be brief.\n\nUse metric units.",
+    "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "Weather in Paris and London?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": PNG}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
+        ]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "call_1", "name": "get_weather",
+             "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "call_2", "name": "get_weather",
+             "input": {"city": "London"}},
+        ]},
+        {"role": "user", "content": [  # two tool results and the user's text: one turn
+            {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+            {"type": "tool_result", "tool_use_id": "call_2",
              "content": [{"type": "text", "text": "12C"}]},
-            {"role": "user", "content": "Thanks"},
-        ],
-        "tools": [{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather by city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
-        "tool_choice": "required",
-        "parallel_tool_calls": False,
-        "max_tokens": 300,
-        "temperature": 0.5,
-        "top_p": 0.9,
-        "stop": "END",
-        "user": "user-42",
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "seed": 7,
-        "presence_penalty": 0.1,
-        "frequency_penalty": 0.1,
-        "logit_bias": {"1": 2},
-        "store": True,
-        "metadata": {"a": "b"},
-        "service_tier": "auto",
-    }  # fmt: skip
-    assert chat_request(body) == {
-        "model": "claude-x",
-        "system": "Be brief.\n\nUse metric units.",
-        "messages": [
-            {"role": "user", "content": [
-                {"type": "text", "text": "Weather in Paris and London?"},
-                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                             "data": PNG}},
-                {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
-            ]},
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "call_1", "name": "get_weather",
-                 "input": {"city": "Paris"}},
-                {"type": "tool_use", "id": "call_2", "name": "get_weather",
-                 "input": {"city": "London"}},
-            ]},
-            {"role": "user", "content": [  # two tool results and the user's text: one turn
-                {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
-                {"type": "tool_result", "tool_use_id": "call_2",
-                 "content": [{"type": "text", "text": "12C"}]},
-                {"type": "text", "text": "Thanks"},
-            ]},
-        ],
-        "max_tokens": 300,
-        "temperature": 0.5,
-        "top_p": 0.9,
-        "stop_sequences": ["END"],
-        "metadata": {"user_id": "user-42"},
-        "tools": [{"name": "get_weather", "description": "Weather by city",
-                   "input_schema": {"type": "object",
-                                    "properties": {"city": {"type": "string"}}}}],
-        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
-        "stream": True,
-    }  # fmt: skip
+            {"type": "text", "text": "Thanks"},
+        ]},
+    ],
+    "max_tokens": 300,
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "stop_sequences": ["END"],
+    "metadata": {"user_id": "user-42"},
+    "tools": [{"name": "get_weather", "description": "Weather by city",
+               "input_schema": {"type": "object",
+                                "properties": {"city": {"type": "string"}}}}],
+    "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+    "stream": True,
+}  # fmt: skip
+
+
+def test_request_golden() -> None:
+    assert chat_request({**GOLDEN_CHAT, "model": "claude-up"}) == GOLDEN_MESSAGES
 
 
 def chat(**fields: Any) -> dict[str, Any]:
