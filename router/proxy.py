@@ -94,7 +94,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     body = payload.parse(raw)
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    targets = providers.serving(body["model"], runtime.balancer.targets(body["model"]), path)
+    targets = providers.serving(runtime.balancer.targets(body["model"]), path, body)
     reserve = payload.estimate(raw, body, path == "/embeddings")
     client = request.get(CLIENT, ANONYMOUS)
     await runtime.limits.admit(client, reserve)
@@ -175,7 +175,7 @@ async def _hedged(
     try:
         done, _ = await asyncio.wait(tasks, timeout=hedge_after)
         if not done:
-            targets = providers.serving(call.group, runtime.balancer.targets(call.group), call.path)
+            targets = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
             second, _ = await runtime.balancer.pick(targets, call.reserve, tried)
             if second is not None:
                 tried.append(second)

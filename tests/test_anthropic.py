@@ -152,15 +152,19 @@ async def test_streamed_usage_when_asked(stack: Any) -> None:
 
 
 async def test_refused_field_is_a_400_naming_it_and_calls_nobody(stack: Any) -> None:
-    fake, _, make = stack
+    fake, oa, make = stack
     client = await make()
-    r = await client.post(CHAT, json={"model": "claude", "messages": messages(), "n": 2},
-                          headers=ALICE)  # fmt: skip
-    assert r.status == 400
+    ask = {"model": "claude", "messages": messages(), "n": 2}
+    r = await client.post(CHAT, json=ask, headers=ALICE)
+    assert r.status == 400 and r.headers["x-llm-router-attempts"] == "0"
     err = (await r.json())["error"]
     assert err["param"] == "n" and err["type"] == "invalid_request_error"
+    assert err["code"] == "unsupported_parameter"
     assert fake.seen == []
-    assert (await health(client, CLAUDE)).failures == 0  # the request's fault, not the target's
+    # In a mixed group the targets that can honour it serve it.
+    r = await client.post(CHAT, json={**ask, "model": "mixed"}, headers=ALICE)
+    assert r.status == 200 and r.headers["x-llm-router-provider"] == "oa"
+    assert fake.seen == [] and oa.seen[0].json["n"] == 2
     await settled(client)
 
 

@@ -8,12 +8,14 @@ mock.py       a fake transport speaking either API, so the real translators run 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import aiohttp
 
 from router.balancer import Target
 from router.errors import BadRequest
 from router.providers.anthropic import AnthropicUpstream
+from router.providers.anthropic_chat import refusal
 from router.providers.http import HttpUpstream, Reply, Upstream
 from router.providers.mock import MockUpstream
 
@@ -46,13 +48,28 @@ def build(session: aiohttp.ClientSession) -> dict[str, Upstream]:
     }
 
 
-def serving(group: str, targets: Sequence[Target], path: str) -> Sequence[Target]:
-    """The group's targets that serve `path` (e.g. `/messages`); a 400 when none does."""
-    if all(path in _SERVES[t.provider.api] for t in targets):
+def serving(targets: Sequence[Target], path: str, body: Mapping[str, Any]) -> Sequence[Target]:
+    """The group's targets that can serve this request on `path`; a 400 when none can.
+
+    Anthropic targets take a chat completion only when it translates: in a mixed group a
+    request with, say, `n: 2` goes to the OpenAI targets; with none left, a 400 names `n`.
+    """
+    refused = None
+    if path == "/chat/completions" and any(t.provider.api == "anthropic" for t in targets):
+        refused = refusal(body)
+    if refused is None and all(path in _SERVES[t.provider.api] for t in targets):
         return targets
-    kept = tuple(t for t in targets if path in _SERVES[t.provider.api])
+    kept = tuple(
+        t
+        for t in targets
+        if path in _SERVES[t.provider.api] and not (refused and t.provider.api == "anthropic")
+    )
     if kept:
         return kept
+    if refused is not None:
+        code = "unsupported_parameter"
+        raise BadRequest(refused.message, param=refused.param, code=code)
+    group = body["model"]
     if path == "/messages":
         message = f"The model {group!r} has no Anthropic target: /v1/messages needs one."
     else:

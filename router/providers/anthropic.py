@@ -149,7 +149,8 @@ class TranslatedReply:
 
 
 class StaticReply:
-    """A reply made here, without a call: a refused request's 400."""
+    """A reply made here, without a call: a refused request's 400 (providers.serving()
+    already keeps such requests from Anthropic targets; this is the last line)."""
 
     def __init__(self, status: int, body: bytes) -> None:
         self.status = status

@@ -100,6 +100,15 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def refusal(body: Mapping[str, Any]) -> Refused | None:
+    """Why a chat request cannot go to an Anthropic model, if it cannot."""
+    try:
+        chat_request(body)
+    except Refused as exc:
+        return exc
+    return None
+
+
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
