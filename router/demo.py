@@ -8,19 +8,16 @@ from typing import Any
 
 from router.config import Config, parse
 
-# env var -> (provider name, base URL (None: the type's default), a small model)
+# env var -> (provider name, type, base URL (None: the type's default), a small model)
 _KNOWN = (
-    ("OPENAI_API_KEY", "openai", "https://api.openai.com/v1", "gpt-4o-mini"),
-    ("ANTHROPIC_API_KEY", "anthropic", None, "claude-haiku-4-5"),  # the native adapter
-    ("GROQ_API_KEY", "groq", "https://api.groq.com/openai/v1", "llama-3.1-8b-instant"),
-    ("OPENROUTER_API_KEY", "openrouter", "https://openrouter.ai/api/v1", "openai/gpt-4o-mini"),
-    (
-        "GEMINI_API_KEY",
-        "gemini",
-        "https://generativelanguage.googleapis.com/v1beta/openai",
-        "gemini-2.0-flash",
-    ),
-)
+    ("OPENAI_API_KEY", "openai", "openai", "https://api.openai.com/v1", "gpt-4o-mini"),
+    ("ANTHROPIC_API_KEY", "anthropic", "anthropic", None, "claude-haiku-4-5"),  # native
+    ("GROQ_API_KEY", "groq", "openai", "https://api.groq.com/openai/v1", "llama-3.1-8b-instant"),
+    ("OPENROUTER_API_KEY", "openrouter", "openai", "https://openrouter.ai/api/v1",
+     "openai/gpt-4o-mini"),
+    ("GEMINI_API_KEY", "gemini", "openai",
+     "https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.0-flash"),
+)  # fmt: skip
 
 
 def demo_tree(env: Mapping[str, str]) -> dict[str, Any]:
@@ -47,10 +44,11 @@ def demo_tree(env: Mapping[str, str]) -> dict[str, Any]:
         {"name": "demo-fast", "models": [{"provider": "mock", "name": "mock-small", "weight": 1}]},
         {"name": "demo-claude", "models": [{"provider": "mock-claude", "name": "claude-mock"}]},
     ]
-    for var, name, base_url, model in _KNOWN:
+    for var, name, type_, base_url, model in _KNOWN:
         if env.get(var):
-            provider = {"name": name, "api_keys": [env[var]]}
-            provider.update({"base_url": base_url} if base_url else {"type": name})
+            provider = {"name": name, "type": type_, "api_keys": [env[var]]}
+            if base_url:
+                provider["base_url"] = base_url
             providers.append(provider)
             groups.append({"name": name, "models": [{"provider": name, "name": model}]})
     tree: dict[str, Any] = {"groups": groups, "providers": providers}
