@@ -80,6 +80,7 @@ class FakeAnthropic:
     seen: list[Seen] = field(default_factory=list)
     extra_headers: dict[str, str] = field(default_factory=dict)
     gate: asyncio.Event | None = None  # streams wait on it after their first event
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)  # the router hung up
     sent_first: float | None = None  # loop time when the first stream event was written
 
     def app(self) -> web.Application:
@@ -111,6 +112,16 @@ class FakeAnthropic:
             headers={"Content-Type": "text/event-stream", **self.extra_headers}
         )
         await resp.prepare(request)
+        try:
+            return await self._events(request, resp, seen, cut_after, error_after)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnected.set()
+            raise
+
+    async def _events(
+        self, request: web.Request, resp: web.StreamResponse, seen: Seen,
+        cut_after: int | None, error_after: int | None,
+    ) -> web.StreamResponse:  # fmt: skip
         for i, event in enumerate(
             events(seen.json["model"], self.words, self.tool, self.output_tokens)
         ):

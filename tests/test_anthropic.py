@@ -236,6 +236,39 @@ async def test_fault_after_first_chunk_ends_with_an_openai_error_event(
     await settled(client)
 
 
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages"])
+async def test_client_hanging_up_cancels_the_anthropic_call(stack: Any, path: str) -> None:
+    fake, _, make = stack
+    client = await make()
+    fake.gate = asyncio.Event()  # the upstream stalls after message_start
+    body = {"model": "claude", "max_tokens": 64, "messages": messages()[1:], "stream": True}
+    r = await client.post(path, json=body, headers=NATIVE)
+    await r.content.readuntil(b"\n\n")
+    r.close()
+    await asyncio.wait_for(fake.disconnected.wait(), 5)
+    for _ in range(50):  # the router settles the call after the upstream is gone
+        if (await client.app[STATE].usage(CLAUDE)).reserved == 0:
+            break
+        await asyncio.sleep(0.02)
+    await settled(client)
+    assert (await client.app[STATE].usage(CLAUDE)).total > 0  # message_start's usage counts
+    assert (await health(client, CLAUDE)).failures == 0  # the client left: no verdict
+
+
+async def test_anthropic_rate_limits_reach_an_openai_client_as_x_ratelimit(stack: Any) -> None:
+    fake, _, make = stack
+    client = await make()
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30))
+    fake.extra_headers = {"anthropic-ratelimit-requests-limit": "50",
+                          "anthropic-ratelimit-requests-remaining": "49",
+                          "anthropic-ratelimit-requests-reset": reset}  # fmt: skip
+    r = await client.post(CHAT, json={"model": "claude", "messages": messages()}, headers=ALICE)
+    assert r.headers["anthropic-ratelimit-requests-remaining"] == "49"
+    assert r.headers["x-ratelimit-limit-requests"] == "50"
+    assert r.headers["x-ratelimit-remaining-requests"] == "49"
+    assert 25 < float(r.headers["x-ratelimit-reset-requests"].rstrip("s")) <= 30
+
+
 async def test_429_with_anthropic_reset_headers_cools_the_target(stack: Any) -> None:
     fake, oa, make = stack
     client = await make()
