@@ -24,6 +24,7 @@ class Script:
     prompt_tokens: int = 1000
     completion_tokens: int = 500
     fail_every: int = 0  # every n-th call fails: an HTTP 500, then an error event mid-stream
+    word: str = "w"  # what it says; the judge grades fenced answers by it (FENCED_SCORES)
 
     @property
     def latency(self) -> float:
@@ -31,8 +32,9 @@ class Script:
 
 
 # The judge grades by what the question asks for: a marker word picks its reply.
+FENCED_SCORES = {"quick": 4, "careful": 5, "shaky": 3}
 JUDGE_REPLIES = {
-    "fenced": '```json\n{"score": 4, "reason": "clear and right"}\n```',
+    "fenced": '```json\n{"score": %d, "reason": "clear and right"}\n```',
     "prose": 'Here is my grade: {"score": 2.5, "reason": "partly right"} Thanks!',
     "garbage": "I would rate this answer quite highly overall.",
 }
@@ -74,7 +76,7 @@ class EvalFake:
             for i in range(script.chunks):
                 if i:
                     await asyncio.sleep(script.gap)
-                await resp.write(chunk(model, f"w{i} "))
+                await resp.write(chunk(model, f"{script.word}{i} "))
                 if failing and i == 0:
                     err = {"error": {"message": "overloaded", "type": "server_error"}}
                     await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
@@ -101,6 +103,8 @@ class EvalFake:
         if marker == "slow":
             await asyncio.sleep(self.judge_delay)
         text = JUDGE_REPLIES.get(marker, '{"score": 3, "reason": "fine"}')
+        if marker == "fenced":
+            text %= next(n for w, n in FENCED_SCORES.items() if f"answer to grade:\n{w}" in graded)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(chunk("judge", text))
@@ -145,7 +149,7 @@ def eval_config(url: str, **extra: Any) -> dict[str, Any]:
 
 
 SCRIPTS = {
-    "fast-model": Script(ttft=0.1, gap=0.05, chunks=5, prompt_tokens=1000, completion_tokens=500),
-    "slow-model": Script(ttft=0.4, gap=0.1, chunks=4, prompt_tokens=800, completion_tokens=300),
-    "flaky-model": Script(ttft=0.05, gap=0.02, chunks=3, fail_every=4),
+    "fast-model": Script(0.1, 0.05, 5, prompt_tokens=1000, completion_tokens=500, word="quick"),
+    "slow-model": Script(0.4, 0.1, 4, prompt_tokens=800, completion_tokens=300, word="careful"),
+    "flaky-model": Script(0.05, 0.02, 3, fail_every=4, word="shaky"),
 }

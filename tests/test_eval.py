@@ -39,7 +39,7 @@ from router.eval.prompts import PromptError, load
 from router.eval.runner import Caller, Result, eval_targets, run, upstreams
 from router.state.memory import MemoryState
 from tests.fakes import BackgroundLoop, start_site
-from tests.fakes_eval import JUDGE_USAGE, SCRIPTS, EvalFake, Script, eval_config
+from tests.fakes_eval import FENCED_SCORES, JUDGE_USAGE, SCRIPTS, EvalFake, Script, eval_config
 from tests.test_browser import browser, wait_for  # noqa: F401 (the fixture, shared)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,13 +171,14 @@ def test_error_rate_from_a_target_failing_one_call_in_four(graded: Graded) -> No
 def test_judge_scores_fenced_and_prose_replies_and_never_makes_one_up(graded: Graded) -> None:
     s, calls = graded.summary, graded.calls
     for model in ("fast-model", "slow-model"):
-        t = target(s, model)
-        assert t["scored"] == 4 and t["score"] == pytest.approx((4 * 2 + 2.5 * 2) / 4)
+        t, fenced = target(s, model), FENCED_SCORES[SCRIPTS[model].word]
+        assert t["scored"] == 4 and t["score"] == pytest.approx((fenced * 2 + 2.5 * 2) / 4)
     by_prompt: dict[str, set[Any]] = {}
     for c in calls:
         if c["error"] is None:
             by_prompt.setdefault(c["prompt_id"], set()).add((c["score"], c["reason"]))
-    assert by_prompt["p-fenced"] == {(4.0, "clear and right")}
+    fenced = {(float(n), "clear and right") for n in FENCED_SCORES.values()}
+    assert {(4.0, "clear and right"), (5.0, "clear and right")} <= by_prompt["p-fenced"] <= fenced
     assert by_prompt["p-prose"] == {(2.5, "partly right")}
     assert by_prompt["p-garbage"] == {(None, "judge gave no score (asked twice)")}
     # aiohttp's total timeout or ours, whichever fires first: both say so.

@@ -237,7 +237,7 @@ STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #111827; }
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
 .meta { color: #4b5563; margin-bottom: 16px; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 figure { margin: 0; border: 1px solid #e5e7eb; border-radius: 6px; padding: 8px; }
 figcaption { font-weight: 600; margin-bottom: 4px; }
 svg text { font-size: 11px; fill: #374151; } svg text.title { font-size: 12px; fill: #111827; }

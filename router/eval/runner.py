@@ -251,7 +251,11 @@ async def run(
             result = Result(index, target, prompt, rep, await caller.call(target.keys, fields))
             results.append(result)
             if judge is not None and result.answer.error is None:
-                result.score, result.reason = await judge.score(prompt, result.answer.text)
+                try:
+                    result.score, result.reason = await judge.score(prompt, result.answer.text)
+                except asyncio.CancelledError:
+                    result.reason = "interrupted before the judge answered"
+                    raise
             progress()
 
     workers = [asyncio.create_task(worker(), name=f"eval-worker-{n}") for n in range(concurrency)]
