@@ -62,6 +62,11 @@ class EvalFake:
         self.calls[model] += 1
         if model == "judge":
             return await self.judge(request, body)
+        if request.headers.get("Authorization") == "Bearer sk-refused":
+            err = {
+                "error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}
+            }
+            return web.json_response(err, status=401)
         script = self.models[model]
         n = self.calls[model]
         failing = script.fail_every and n % script.fail_every == 0

@@ -124,12 +124,19 @@ def target(summary: dict[str, Any], model: str) -> dict[str, Any]:
     return next(t for t in summary["targets"] if t["model"] == model)
 
 
+SPEC_FIELDS = {"group", "provider", "model", "calls", "errors", "error_rate", "latency_ms",
+               "ttft_ms", "tokens_per_s", "prompt_tokens", "completion_tokens", "cost_usd",
+               "cost_per_1k_usd", "score", "scored"}  # fmt: skip
+
+
 def within(measured: float, scripted: float) -> bool:
     return scripted - EARLY <= measured <= scripted + LATE
 
 
 def test_latency_ttft_tokens_per_s_and_cost_match_the_fakes(graded: Graded) -> None:
     s = graded.summary
+    assert set(s) == {"targets", "judge"} and set(s["judge"]) == {"group", "calls", "cost_usd"}
+    assert all(set(t) == SPEC_FIELDS for t in s["targets"])
     assert [(t["group"], t["provider"], t["model"]) for t in s["targets"]] == [
         ("g", "fast", "fast-model"), ("g", "slow", "slow-model"), ("g", "flaky", "flaky-model")
     ]  # fmt: skip
@@ -289,6 +296,23 @@ async def test_every_reservation_is_released_after_failures_timeouts_and_cancels
         with pytest.raises(asyncio.CancelledError):
             await task
     assert [(await state.usage(i)).reserved for i in every] == [0] * len(every)
+
+
+async def test_a_refused_key_is_set_aside_as_in_serving(aiohttp_server: Any) -> None:
+    fake = EvalFake(SCRIPTS)
+    server = await aiohttp_server(fake.app())
+    tree = eval_config(f"http://127.0.0.1:{server.port}/v1")
+    tree["providers"][0]["api_keys"] = ["sk-refused", "sk-fine"]
+    balancer = Balancer(parse(tree, env={}), MemoryState(0.0))
+    prompts = load(write_prompts(Path(tempfile.mkdtemp()) / "p.jsonl", PROMPTS))
+    results: list[Result] = []
+    async with aiohttp.ClientSession() as session:
+        caller = Caller(upstreams(session), balancer)
+        await run(caller, eval_targets(balancer, ["g"])[:1], prompts, 1, 1, results)
+    assert [(r.answer.key, r.answer.error) for r in results] == [
+        ("fast#0", "HTTP 401: Incorrect API key provided"), ("fast#1", None),
+        ("fast#1", None), ("fast#1", None),
+    ]  # fmt: skip
 
 
 def test_demo_config_end_to_end_in_a_subprocess(tmp_path: Path) -> None:

@@ -63,7 +63,11 @@ def main(config_path: str | None, options: Options) -> int:
         errors = [f"no group {g!r} in the config (groups: {', '.join(names)})" for g in unknown]
         return _fail(errors, "")
     setup_logging(config.logging, "warning")
-    return asyncio.run(_main(config, prompts, options))
+    try:
+        return asyncio.run(_main(config, prompts, options))
+    except KeyboardInterrupt:  # before the calls started, or a second Ctrl-C
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _fail(errors: list[str], where: str) -> int:

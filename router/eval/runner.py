@@ -161,8 +161,9 @@ class Caller:
         try:
             if reply.status >= 400:
                 answer.error = f"HTTP {reply.status}: {_message(await reply.read())}"
-                wait = cooldown_seconds(reply.headers)
-                if wait:
+                if reply.status in (401, 403):  # a bad key: set aside, as serving does
+                    await self.balancer.cool(target, self.balancer.cooldown, False)
+                elif wait := cooldown_seconds(reply.headers):
                     await self.balancer.cool(target, wait, reply.status == 429)
                 return True if reply.status in RETRYABLE else None
             if not reply.headers.get("Content-Type", "").startswith("text/event-stream"):
