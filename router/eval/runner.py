@@ -240,14 +240,11 @@ async def run(
     progress: Callable[[], None] = lambda: None,
 ) -> None:
     """Run every job, appending to `results` as calls end; cancel it to stop early."""
-    jobs = iter(
-        (i, r, p, t)
-        for i, (r, p, t) in enumerate((r, p, t) for r in range(repeat) for p in prompts
-                                      for t in targets)
-    )  # fmt: skip
+    order = ((r, p, t) for r in range(repeat) for p in prompts for t in targets)
+    jobs = enumerate(order)  # one iterator shared by the workers: each job is taken once
 
     async def worker() -> None:
-        for index, rep, prompt, target in jobs:  # one shared iterator: each job taken once
+        for index, (rep, prompt, target) in jobs:
             fields = {**prompt.body, "messages": list(prompt.messages)}
             result = Result(index, target, prompt, rep, await caller.call(target.keys, fields))
             results.append(result)
