@@ -202,6 +202,18 @@ class Relay:
                 transport.abort()
         return resp
 
+    async def runs(self) -> AsyncIterator[bytes]:
+        """The stream read to its end by a reader that is not an HTTP client (`eval`).
+
+        Yields each run of events as inspected; `outcome` then holds usage and any error.
+        UpstreamError from the transport propagates.
+        """
+        while not self.outcome.error and (run := await self._events.next()) is not None:
+            yield self._inspect(run)
+        if not self.outcome.error and not self._done:
+            end = "response.completed" if self.responses else "[DONE]"
+            self.outcome.error = f"upstream stream ended before {end}"
+
     def _sent_error_event(self) -> bool:
         # An upstream error event was already forwarded as it came; do not add a second.
         return self.outcome.error == "upstream sent an error event"
