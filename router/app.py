@@ -148,8 +148,12 @@ async def _internal_error(
     sse = started.headers.get("Content-Type", "").startswith("text/event-stream")
     if sse and "Content-Encoding" not in started.headers:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            body = error_body("The router hit an internal error.", "server_error", None, None)
-            await started.write(b"data: " + body + b"\n\n")
+            message = "The router hit an internal error."
+            if request.path == "/v1/messages":
+                event = anthropic.error_event(message)
+            else:
+                event = b"data: " + error_body(message, "server_error", None, None) + b"\n\n"
+            await started.write(event)
             await started.write_eof()
             return started
     if request.transport is not None:
