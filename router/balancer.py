@@ -70,9 +70,10 @@ class Balancer:
             self.groups[group.name] = tuple(targets.values())
             self.hedge_after[group.name] = group.hedge_after
         self._limited = any(k.rpm or k.tpm for p in config.providers for k in p.keys)
-        # Per target, the tpm window entries of calls not finished yet: (taken at, tokens,
-        # entry). finish() sets the first of the same size to what was used.
-        self._taken: dict[str, deque[tuple[float, float, str]]] = {}
+        self.remote = config.state.backend != "memory"  # picks may wait on the network
+        # Per target, the rpm/tpm window entries of picks not finished yet: (taken at,
+        # tokens, entries). finish() and release() settle the first of the same size.
+        self._taken: dict[str, deque[tuple[float, float, Entries]]] = {}
 
     def targets(self, group: str) -> tuple[Target, ...]:
         try:
@@ -119,11 +120,11 @@ class Balancer:
                 blocked.append(Blocked(now + self.cooldown, False))
                 await self._give_back(t, taken)
                 continue
-            if taken[1] is not None:
+            if taken != (None, None):
                 pending = self._taken.setdefault(t.id, deque())
                 while pending and pending[0][0] <= now - WINDOW:
                     pending.popleft()  # left the window: nothing to correct (a call lost)
-                pending.append((now, reserve, taken[1]))
+                pending.append((now, reserve, taken))
             await self.state.reserve(t.id, reserve + self.request_penalty)
             return t, blocked
         return None, blocked
@@ -158,6 +159,21 @@ class Balancer:
         if tpm is not None:
             await self.state.adjust(f"tpm:{t.key_id}", tpm, 0)
 
+    def _taken_by(self, target: Target, reserved: float) -> Entries:
+        """The window entries of a pick of `target` for `reserved` tokens (the oldest)."""
+        pending = self._taken.get(target.id)
+        if pending:
+            for i, (_, tokens, taken) in enumerate(pending):
+                if tokens == reserved:
+                    del pending[i]
+                    return taken
+        return None, None
+
+    async def release(self, target: Target, reserved: float) -> None:
+        """A pick whose request was never sent: give back all it took, with no verdict."""
+        await self.state.settle(target.id, reserved + self.request_penalty, 0.0)
+        await self._give_back(target, self._taken_by(target, reserved))
+
     async def finish(
         self,
         target: Target,
@@ -174,14 +190,9 @@ class Balancer:
         penalty = self.request_penalty + (self.error_penalty if failed else 0.0)
         await self.state.settle(target.id, reserved + self.request_penalty, used + penalty)
         now = self.clock()
-        if target.key.tpm:
-            # The reservation becomes what was used, at the time it was taken.
-            pending = self._taken.get(target.id)
-            i = next((i for i, p in enumerate(pending or ()) if p[1] == reserved), None)
-            if pending and i is not None:
-                _, _, entry = pending[i]
-                del pending[i]
-                await self.state.adjust(f"tpm:{target.key_id}", entry, used)
+        _, tpm = self._taken_by(target, reserved)
+        if tpm is not None:  # the reservation becomes what was used, at the time it was taken
+            await self.state.adjust(f"tpm:{target.key_id}", tpm, used)
         if failed is None:
             return None
         return await self.state.record(
