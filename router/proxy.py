@@ -124,9 +124,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     blocked: list[Blocked] = []
     waited = 0.0
     while len(call.attempts) < retry.attempts:
+        picked = balancer.clock()  # a result from before the breaker last opened is stale
         target, blocked = await _pick(balancer, targets, reserve, tried)
         if target is None and tried:
             # Every other target is used up: try one again, after a backoff.
+            picked = balancer.clock()
             target, blocked = await _pick(balancer, targets, reserve)
             if target is not None:
                 delay = backoff(len(call.attempts), retry)
@@ -152,9 +154,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         # From here the attempt owns the reservation: no await comes between.
         hedge = balancer.hedge_after.get(group)
         if hedge is not None and len(call.attempts) + 1 < retry.attempts:
-            response = await _hedged(request, runtime, call, target, tried, encoding, hedge)
+            response = await _hedged(
+                request, runtime, call, (target, picked), tried, encoding, hedge
+            )
         else:
-            response = await _attempt(request, runtime, call, target, encoding)
+            response = await _attempt(request, runtime, call, target, picked, encoding)
         if response is not None:
             return response
     raise _exhausted(call, blocked, balancer.clock())
@@ -210,7 +214,7 @@ async def _hedged(
     request: web.Request,
     runtime: Runtime,
     call: Call,
-    first: Target,
+    first: tuple[Target, float],  # and when it was picked
     tried: list[Target],
     encoding: str | None,
     hedge_after: float,
@@ -221,14 +225,14 @@ async def _hedged(
     race = _Race()
     targets: list[Target] = []
 
-    def start(target: Target) -> None:
+    def start(target: Target, picked: float) -> None:
         me = len(race.tasks)
         race.entered.append(False)
         targets.append(target)
-        coro = _attempt(request, runtime, call, target, encoding, race, me)
+        coro = _attempt(request, runtime, call, target, picked, encoding, race, me)
         race.tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
 
-    start(first)
+    start(*first)
     try:
         first_moves: set[asyncio.Future[Any]] = {race.tasks[0], race.progress}
         moved, _ = await asyncio.wait(
@@ -236,10 +240,11 @@ async def _hedged(
         )
         if not moved:
             group = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
+            picked = runtime.balancer.clock()
             second, _ = await _pick(runtime.balancer, group, call.reserve, tried)
             if second is not None:
                 tried.append(second)
-                start(second)
+                start(second, picked)
         pending = set(race.tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -262,6 +267,7 @@ async def _attempt(
     runtime: Runtime,
     call: Call,
     target: Target,
+    picked: float,  # clock time of the pick that chose it
     encoding: str | None,
     race: _Race | None = None,
     me: int = 0,
@@ -358,7 +364,7 @@ async def _attempt(
             if tokens is None:  # ended (or the client left) before the usage chunk: estimate
                 tokens = Tokens(int(call.reserve / 2), relay.outcome.events)
         used = float(tokens.total) if tokens else 0.0
-        health = await balancer.finish(target, call.reserve, used, failed)
+        health = await balancer.finish(target, call.reserve, used, failed, picked)
         metrics.attempt_done(target, failed, time.perf_counter() - began, health)
         if tokens is not None:
             cost = target.cost(tokens)

@@ -111,6 +111,7 @@ class Caller:
         target, why = await self._pick(keys, reserve, deadline)
         if target is None:
             return Answer(error=why)
+        picked = self.balancer.clock()  # no await since the pick: its time, for the breaker
         options = fields.get("stream_options")
         body = {
             **fields,
@@ -136,7 +137,7 @@ class Caller:
             if answer.latency is None:
                 answer.latency = self.clock() - sent
             used = float(answer.tokens.total) if answer.tokens else 0.0
-            await self.balancer.finish(target, reserve, used, failed)
+            await self.balancer.finish(target, reserve, used, failed, picked)
         return answer
 
     async def _pick(
