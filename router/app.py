@@ -46,6 +46,7 @@ from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.metrics import Metrics
 from router.mock import MockUpstream
+from router.policies.route import Policies
 from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
 from router.upstream import HttpUpstream, Upstream
@@ -63,6 +64,8 @@ EXPOSED = (
     "x-llm-router-attempts",
     "x-llm-router-cost",
     "x-llm-router-cache",
+    "x-llm-router-tier",
+    "x-llm-router-complexity",
     "x-request-id",
     "retry-after",
     "x-ratelimit-limit-requests",
@@ -77,11 +80,13 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def build_runtime(config: Config, state: StateBackend, clock: Clock = time.time) -> Runtime:
+    balancer = Balancer(config, state, clock)
     return Runtime(
         config,
         Authenticator(config.client_keys),
-        Balancer(config, state, clock),
+        balancer,
         ClientLimits(config.client_keys, state, clock),
+        Policies(config, balancer),
     )
 
 
@@ -125,6 +130,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     seconds = time.perf_counter() - started
     if call is not None or request.path in PROXIED:
         _observe(request, response.status, call, seconds, rid)
+    if call is not None and call.route is not None:
+        await call.route.done(response.status, call, seconds)
     access = request.app[ACCESS]
     if access.enabled:
         access.add(
@@ -193,14 +200,16 @@ async def models(request: web.Request) -> web.Response:
     """GET /v1/models lists the groups; GET /v1/models/{id} is one of them."""
     runtime = request.app[LIVE].runtime
     created = request.app[STARTED]
+    client = request.get(CLIENT, ANONYMOUS)
     data = [
-        {"id": g.name, "object": "model", "created": created, "owned_by": "llm-router"}
-        for g in runtime.config.groups
+        {"id": name, "object": "model", "created": created, "owned_by": "llm-router"}
+        for name in runtime.policies.access.visible(client)
     ]
     wanted = request.match_info.get("model")
     if wanted is None:
         body: object = {"object": "list", "data": data}
     else:
+        runtime.policies.access.check(client, wanted)  # 404, listing only its groups
         runtime.balancer.targets(wanted)  # raises the OpenAI-shaped 404 for an unknown one
         body = next(m for m in data if m["id"] == wanted)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -282,6 +291,9 @@ def create_app(
                 names |= {"authorization", "content-type"}
                 response.headers["Access-Control-Allow-Headers"] = ", ".join(sorted(names))
         response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
+        call = request.get(CALL)
+        if call is not None and call.route is not None:  # what the strategy decided
+            response.headers.update(call.route.headers(call.target))
         response.headers["Vary"] = "Origin, Accept-Encoding"
 
     app.on_response_prepare.append(on_prepare)

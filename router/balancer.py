@@ -6,15 +6,20 @@ open, or while its key is at its rpm/tpm limit; `Blocked` says until when, and w
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from router import breaker
 from router.config import Config, ModelRef, Provider, ProviderKey
 from router.errors import NotFound
 from router.payload import Tokens
-from router.state import Clock, StateBackend
+from router.state import WINDOW, Clock, StateBackend
+
+if TYPE_CHECKING:
+    from router.policies.route import Route
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,11 +84,17 @@ class Balancer:
             ) from None
 
     async def pick(
-        self, targets: Sequence[Target], reserve: float, skip: Iterable[Target] = ()
+        self,
+        targets: Sequence[Target],
+        reserve: float,
+        skip: Iterable[Target] = (),
+        route: Route | None = None,
     ) -> tuple[Target | None, list[Blocked]]:
         """Choose the lowest score among available targets and reserve tokens on it.
 
-        Ties go to config order. Returns the target, or None and why each was blocked.
+        Ties go to config order; a route's strategy may order them otherwise (and its lane
+        may leave part of a limited key's rpm/tpm to high priority requests). Returns the
+        target, or None and why each was blocked.
         """
         skipped = set(skip)
         pool = [t for t in targets if t not in skipped] if skipped else list(targets)
@@ -101,8 +112,13 @@ class Balancer:
                 continue
             ready.append((t.model.weight * load, i, t, h))
         ready.sort(key=lambda r: (r[0], r[1]))
+        share = 1.0
+        if route is not None:
+            share = route.share
+            if route.active and ready:
+                ready = await route.order(ready)
         for _, _, t, h in ready:
-            if self._limited and not await self._take_limits(t, reserve, now, blocked):
+            if self._limited and not await self._take_limits(t, reserve, now, blocked, share):
                 continue
             if h.breaker != "closed" and not await self.state.take_probe(t.id, now, self.cooldown):
                 blocked.append(Blocked(now + self.cooldown, False))
@@ -110,21 +126,31 @@ class Balancer:
                     await self._give_back(t, reserve, now)
                 continue
             await self.state.reserve(t.id, reserve + self.request_penalty)
+            if route is not None:
+                route.picked(t)
             return t, blocked
         return None, blocked
 
     async def _take_limits(
-        self, t: Target, reserve: float, now: float, blocked: list[Blocked]
+        self, t: Target, reserve: float, now: float, blocked: list[Blocked], share: float = 1.0
     ) -> bool:
-        """Count this request against its key's rpm and tpm, atomically, if both have room."""
+        """Count this request against its key's rpm and tpm, atomically, if both have room.
+
+        `share` < 1 is a lane below high: it may use only that part of each limit.
+        """
         key = t.key
         if key.rpm:
-            until = await self.state.take(f"rpm:{t.key_id}", 1, key.rpm, now)
+            rpm = key.rpm if share >= 1 else math.floor(share * key.rpm)
+            if rpm < 1:  # the whole (small) limit is kept for high priority
+                blocked.append(Blocked(now + WINDOW, True))
+                return False
+            until = await self.state.take(f"rpm:{t.key_id}", 1, rpm, now)
             if until is not None:
                 blocked.append(Blocked(until, True))
                 return False
         if key.tpm:
-            until = await self.state.take(f"tpm:{t.key_id}", reserve, key.tpm, now)
+            tpm = key.tpm if share >= 1 else share * key.tpm
+            until = await self.state.take(f"tpm:{t.key_id}", reserve, tpm, now)
             if until is not None:
                 if key.rpm:  # give back the request it will not make
                     await self.state.hit(f"rpm:{t.key_id}", -1, now)

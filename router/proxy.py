@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -33,6 +34,9 @@ from router.payload import Tokens
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
 from router.upstream import Reply
+
+if TYPE_CHECKING:
+    from router.policies.route import Route
 
 log = logging.getLogger("router.proxy")
 
@@ -68,6 +72,7 @@ class Call:
     cost: float = 0.0
     ttft: float | None = None  # streams: seconds to the first event
     stream_error: str | None = None
+    route: Route | None = None  # the request's options and its strategy's decisions
 
 
 CALL = web.RequestKey("call", Call)
@@ -87,13 +92,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[LIVE].runtime
     raw = await request.read()
     body = payload.parse(raw)
-    targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    reserve = payload.estimate(raw, body, path == "/embeddings")
-    client = request.get(CLIENT, ANONYMOUS)
-    await runtime.limits.admit(client, reserve)
     group = str(body["model"])
-    call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
+    client = request.get(CLIENT, ANONYMOUS)
+    reserve = payload.estimate(raw, body, path == "/embeddings")
+    route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
+    targets = runtime.balancer.targets(group)
+    await runtime.limits.admit(client, reserve)
+    stream = body.get("stream") is True
+    call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call
     encoding = None
     if runtime.config.compression.enabled:
@@ -105,10 +112,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     blocked: list[Blocked] = []
     waited = 0.0
     while len(call.attempts) < retry.attempts:
-        target, blocked = await balancer.pick(targets, reserve, tried)
+        target, blocked = await balancer.pick(targets, reserve, tried, route)
         if target is None and tried:
             # Every other target is used up: try one again, after a backoff.
-            target, blocked = await balancer.pick(targets, reserve)
+            target, blocked = await balancer.pick(targets, reserve, (), route)
             if target is not None:
                 delay = backoff(len(call.attempts), retry)
                 if balancer.clock() + delay > deadline:
@@ -170,7 +177,7 @@ async def _hedged(
         done, _ = await asyncio.wait(tasks, timeout=hedge_after)
         if not done:
             targets = runtime.balancer.targets(call.group)
-            second, _ = await runtime.balancer.pick(targets, call.reserve, tried)
+            second, _ = await runtime.balancer.pick(targets, call.reserve, tried, call.route)
             if second is not None:
                 tried.append(second)
                 start(second)
@@ -210,6 +217,7 @@ async def _attempt(
     try:
         upstream = request.app[UPSTREAMS][target.provider.type]
         reply = await upstream.send(target, call.path, out, call.stream)
+        await runtime.policies.sample(target, time.perf_counter() - began)  # headers in
         if reply.status == 400 and add_usage:
             data = await reply.read()
             if b"stream_options" in data:

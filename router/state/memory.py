@@ -29,6 +29,10 @@ class MemoryState:
         self._health: dict[str, Health] = {}
         self._windows: dict[str, deque[tuple[float, float]]] = {}
         self._totals: dict[str, tuple[float, float]] = {}  # key -> (amount, expires at)
+        self._turns: dict[str, int] = {}
+        self._emas: dict[str, float] = {}
+        self._sticky: dict[str, tuple[str | None, float]] = {}  # key -> (target, expires at)
+        self._sweep_at = _STICKY_SWEEP
 
     def _get(self, key: str) -> _Counter:
         c = self._counters.get(key)
@@ -133,6 +137,49 @@ class MemoryState:
             current, expires = 0.0, now + ttl
         self._totals[key] = (current + amount, expires)
 
+    async def recent(
+        self, keys: Sequence[str], now: float, span: float
+    ) -> list[tuple[float, float, float]]:
+        out = []
+        for key in keys:
+            w = self._window(key, now)
+            total = recent = 0.0
+            oldest = now
+            for at, amount in w:
+                total += amount
+                if at > now - span:
+                    recent += amount
+                    oldest = min(oldest, at)
+            out.append((total, recent, oldest))
+        return out
+
+    # -- routing signals --------------------------------------------------------------
+
+    async def turn(self, key: str) -> int:
+        n = self._turns[key] = self._turns.get(key, 0) + 1
+        return n
+
+    async def latencies(self, keys: Sequence[str]) -> list[float | None]:
+        return [self._emas.get(k) for k in keys]
+
+    async def sample(self, key: str, value: float, alpha: float) -> None:
+        ema = self._emas.get(key)
+        self._emas[key] = value if ema is None else ema + alpha * (value - ema)
+
+    async def sticky(self, key: str) -> str | None:
+        value, expires = self._sticky.get(key, (None, 0.0))
+        if expires <= self.clock():
+            self._sticky.pop(key, None)
+            return None
+        return value
+
+    async def stick(self, key: str, value: str, ttl: float) -> None:
+        self._sticky[key] = (value, self.clock() + ttl)
+        if len(self._sticky) > self._sweep_at:  # drop expired sessions now and then
+            now = self.clock()
+            self._sticky = {k: v for k, v in self._sticky.items() if v[1] > now}
+            self._sweep_at = max(_STICKY_SWEEP, 2 * len(self._sticky))
+
     async def start(self) -> None:
         pass
 
@@ -148,3 +195,4 @@ class MemoryState:
 
 
 _HEALTHY = Health()
+_STICKY_SWEEP = 10_000
