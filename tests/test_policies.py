@@ -23,7 +23,7 @@ from router.policies.predict import projection
 from router.schema import ConfigError
 from router.statuscli import render
 from tests.conftest import ALICE
-from tests.fakes import config_tree, status
+from tests.fakes import config_tree, slow, status
 from tests.fakes_policies import DelayedProvider, LastOnly
 
 CHAT = "/v1/chat/completions"
@@ -72,6 +72,12 @@ async def post(
     )
     await resp.read()
     return resp
+
+
+async def settled(client: TestClient[Any, Any]) -> None:
+    """Invariants after a run: no reservation and no call left behind."""
+    data = await (await client.get("/status", headers=ALICE)).json()
+    assert all(t["reserved"] == 0 and t["in_flight"] == 0 for t in data["targets"]), data
 
 
 def where(resp: Any) -> str:
@@ -156,6 +162,24 @@ async def test_priority_uses_tier_0_until_it_fails_then_tier_1(fakes: Any, route
     resp = await post(client)
     assert where(resp) == "p0/p0#0" and resp.headers["x-llm-router-attempts"] == "3"
     assert where(await post(client)) == "p1/p1#0"  # tier 0 again once it answers
+    await settled(client)
+
+
+async def test_a_hedge_goes_to_the_next_target_in_the_strategys_order(
+    fakes: Any, router: Any
+) -> None:
+    [(f0, u0), (_, u1)] = await fakes(2)
+    tree = group_tree([u0, u1], strategy="priority", hedge_after=0.2)
+    tree["groups"][0]["models"] = [
+        {"provider": "p0", "name": "up-0", "priority": 0},
+        {"provider": "p1", "name": "up-1", "priority": 1},
+    ]
+    tree["providers"][0]["api_keys"] = ["sk-only"]
+    client = await router(tree=tree)
+    f0.script.append(slow(2.0))
+    resp = await post(client, stream=True)
+    assert resp.status == 200 and resp.headers["x-llm-router-provider"] == "p1"
+    await settled(client)
 
 
 async def test_lowest_cost_picks_the_cheaper_model_for_this_request(
@@ -250,6 +274,9 @@ async def test_complexity_sends_greetings_fast_and_hard_code_questions_accurate(
     assert float(hard.headers["x-llm-router-complexity"]) >= 0.7
     forced = await post(client, {"x-llm-router-mode": "accurate"}, messages=GREETING)
     assert forced.headers["x-llm-router-tier"] == "accurate"
+    streamed = await post(client, messages=CODE_QUESTION, stream=True)
+    assert streamed.headers["x-llm-router-tier"] == "accurate"
+    assert streamed.headers["Content-Type"].startswith("text/event-stream")
     # The fast tier failing: the nearest tier (balanced) serves, and says so.
     fast_fake.script.extend([status(500), status(500)])
     moved = await post(client, messages=GREETING)
@@ -260,6 +287,7 @@ async def test_complexity_sends_greetings_fast_and_hard_code_questions_accurate(
     bad = await post(client, messages=GREETING)
     assert bad.status == 502 and "x-llm-router-tier" not in bad.headers
     assert float(bad.headers["x-llm-router-complexity"]) < 0.35
+    await settled(client)
 
 
 def test_complexity_score_and_tiers() -> None:
@@ -370,6 +398,7 @@ async def test_lanes_keep_a_reserve_for_high_priority(fakes: Any, router: Any) -
     assert "Retry-After" in asked_high.headers
     high = [(await post(client, {"x-llm-router-priority": "high"})).status for _ in range(3)]
     assert high == [200, 200, 429]  # high may use the whole limit: 10 in the window
+    await settled(client)
 
 
 async def test_prediction_sends_normal_requests_away_from_a_key_about_to_run_dry(
@@ -452,6 +481,7 @@ async def test_the_example_policy_orders_by_cost_and_observes_every_request(
     assert failed.status == 502
     # observe: once per request, the failed one included
     assert policy.served == {"p1/cheap": 4, "p0/dear": 1} and policy.failed == 1
+    await settled(client)
 
 
 async def test_a_user_policy_gets_the_documented_fields_and_leaves_out_candidates(
@@ -496,8 +526,12 @@ async def test_a_user_policy_gets_the_documented_fields_and_leaves_out_candidate
     assert not f0.seen  # p0 left out every time
     import asyncio
 
+    stream = await post(client, {"x-llm-router-session": "s"}, stream=True)
+    assert where(stream) == "p1/p1#1" and b"[DONE]" in await stream.read()
     await asyncio.sleep(0.05)  # async observe runs in a task
-    assert [e.status for e in policy.events] == [200, 200]
+    assert [e.status for e in policy.events] == [200, 200, 200]
+    assert policy.events[2].ttft_ms is not None and policy.events[2].ttft_ms > 0
+    await settled(client)
     e = policy.events[0]
     assert (e.group, e.client, e.session, e.provider, e.model, e.key) == (
         "g",
