@@ -21,18 +21,17 @@ if TYPE_CHECKING:
 RANK: Mapping[str, int] = {"fast": 0, "balanced": 1, "accurate": 2}
 _SCANNED = 20_000  # characters the markers are looked for in; length counts them all
 
-_CODE = re.compile(
-    r"```|\bdef |\bclass \w|\bfunction\b|\bimport \w|#include|=>|\breturn\b|\bconst \w"
-    r"|\bSELECT\b|\bstack ?trace\b|\bTraceback\b|[;{}]\s*$",
-    re.M,
-)
-_MATHS = re.compile(
-    r"\d\s*[-+*/^=]\s*\d|\\frac|\\sum|\\int|[∫∑√∂≤≥]|\b(?:integral|derivative|prove|proof"
-    r"|theorem|equation|matrix|probability|eigen\w*)\b",
-    re.I,
-)
-_STEPS = re.compile(
-    r"step[- ]by[- ]step|\bexplain (?:why|how)\b|\bthen\b.*\bfinally\b|^\s*\d+[.)]\s", re.I | re.M
+# Markers, found in the lower-cased prompt in one regex pass.
+_CODE = ("```", "def ", "class ", "function", "import ", "#include", "=>", "return ",
+         "const ", "select ", "traceback", ";\n", "{\n", "}\n")  # fmt: skip
+_MATHS = ("\\frac", "\\sum", "\\int", "∫", "∑", "√", "∂", "≤", "≥", "integral",
+          "derivative", "prove", "proof", "theorem", "equation", "matrix", "probability",
+          "eigen")  # fmt: skip
+_STEPS = ("step by step", "step-by-step", "explain why", "explain how", "finally")
+_KIND = {**dict.fromkeys(_CODE, 0), **dict.fromkeys(_MATHS, 1), **dict.fromkeys(_STEPS, 2)}
+_SCAN = re.compile(
+    "|".join(re.escape(m) for m in sorted(_KIND, key=len, reverse=True))
+    + r"|(\d ?[-+*/^=] ?\d)|(\n *\d+[.)] )|(\?)"
 )
 
 
@@ -63,13 +62,16 @@ def prompt_text(body: Mapping[str, Any]) -> str:
 def score(body: Mapping[str, Any]) -> float:
     """0 (a greeting) to 1 (a long, multi-part question about code or maths)."""
     text = prompt_text(body)
-    head = text[:_SCANNED]
-    tokens = len(text) / 4
-    s = 0.25 * min(1.0, tokens / 300)
-    s += 0.30 * min(1.0, len(_CODE.findall(head)) / 4)
-    s += 0.15 * min(1.0, len(_MATHS.findall(head)) / 3)
-    s += 0.15 * min(1.0, head.count("?") / 3)
-    s += 0.10 * min(1.0, len(_STEPS.findall(head)) / 2)
+    found = [0, 0, 0, 0]  # code, maths, steps, questions
+    for m in _SCAN.finditer(text[:_SCANNED].lower()):
+        # A listed marker, else the group that matched: 1 arithmetic, 2 numbered line, 3 "?"
+        found[_KIND.get(m.group(), m.lastindex or 0)] += 1
+    code, maths, steps, questions = found
+    s = 0.25 * min(1.0, len(text) / 4 / 300)
+    s += 0.30 * min(1.0, code / 4)
+    s += 0.15 * min(1.0, maths / 3)
+    s += 0.15 * min(1.0, questions / 3)
+    s += 0.10 * min(1.0, steps / 2)
     if body.get("tools") or body.get("functions"):
         s += 0.10
     return min(1.0, s)
