@@ -46,7 +46,7 @@ from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.metrics import Metrics
 from router.mock import MockUpstream
-from router.policies.route import Policies
+from router.policies.route import ROUTE, Policies
 from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
 from router.upstream import HttpUpstream, Upstream
@@ -291,9 +291,10 @@ def create_app(
                 names |= {"authorization", "content-type"}
                 response.headers["Access-Control-Allow-Headers"] = ", ".join(sorted(names))
         response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
-        call = request.get(CALL)
-        if call is not None and call.route is not None:  # what the strategy decided
-            response.headers.update(call.route.headers(call.target))
+        route = request.get(ROUTE)
+        if route is not None:  # what the strategy decided
+            call = request.get(CALL)
+            response.headers.update(route.headers(call.target if call is not None else None))
         response.headers["Vary"] = "Origin, Accept-Encoding"
 
     app.on_response_prepare.append(on_prepare)

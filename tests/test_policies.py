@@ -290,6 +290,19 @@ async def test_complexity_sends_greetings_fast_and_hard_code_questions_accurate(
     await settled(client)
 
 
+async def test_a_refused_request_of_a_complexity_group_still_says_its_score(
+    fakes: Any, router: Any
+) -> None:
+    [(_, url)] = await fakes(1)
+    tree = group_tree([url], strategy="complexity")
+    tree["api_keys"][0]["rpm"] = 1
+    client = await router(tree=tree)
+    assert (await post(client, messages=GREETING)).status == 200
+    refused = await post(client, messages=GREETING)  # over alice's rpm: no upstream call
+    assert refused.status == 429 and "x-llm-router-tier" not in refused.headers
+    assert float(refused.headers["x-llm-router-complexity"]) < 0.35
+
+
 def test_complexity_score_and_tiers() -> None:
     assert score({"messages": GREETING}) < 0.35
     assert score({"messages": CODE_QUESTION}) >= 0.7

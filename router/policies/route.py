@@ -90,7 +90,9 @@ class Policies:
             raise AssertionError(group)
         options = controls.parse(request.headers, self.clients.get(client), gp.targets)
         metrics = request.app.get(METRICS)
-        return Route(self, gp, path, body, client, options, size // 4, reserve, metrics)
+        route = Route(self, gp, path, body, client, options, size // 4, reserve, metrics)
+        request[ROUTE] = route  # every reply of the request says what was decided
+        return route
 
     async def sample(self, target: Target, seconds: float) -> None:
         """Time to response headers of one attempt (only when a strategy reads it)."""
@@ -274,3 +276,6 @@ class Route:
         # Per (client, group, id); hashed so any id makes a tidy Redis key.
         raw = f"{self.client}\0{self.group}\0{self.session}".encode()
         return "session:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+ROUTE = web.RequestKey("route", Route)
