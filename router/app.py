@@ -7,6 +7,7 @@ access log) -> handler; then on_response_prepare: aiohttp-cors, then our common 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -27,6 +28,7 @@ from router.errors import (
     MethodNotAllowed,
     NotFound,
     RouterError,
+    error_body,
     error_response,
     from_http_exception,
 )
@@ -54,6 +56,7 @@ from router.usagelog import UsageLog
 
 log = logging.getLogger("router")
 ACCESS = web.AppKey("access", AccessLog)
+PREPARED = web.RequestKey("prepared", web.StreamResponse)  # the response, once it has started
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -104,6 +107,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     request_id.set(rid)  # the handler runs in its own task, so this stays with the request
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
+    response: web.StreamResponse
     try:
         if request.method != "OPTIONS" and (
             request.path.startswith("/v1/") or request.path == "/status"
@@ -118,32 +122,64 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         response = error_response(from_http_exception(exc))
     except Exception:  # a bug of ours: still an OpenAI-shaped answer, and a traceback in the log
         log.exception("unhandled error in %s %s [%s]", request.method, request.path, rid)
-        response = error_response(RouterError("The router hit an internal error."))
+        response = await _internal_error(request)
+    except asyncio.CancelledError:  # the client hung up, or a drain ran out of time
+        _finished(request, 499, time.perf_counter() - started, rid)
+        raise
+    _finished(request, response.status, time.perf_counter() - started, rid, response)
+    return response
+
+
+async def _internal_error(request: web.Request) -> web.StreamResponse:
+    """After the response has started, the only honest ending is in-band: an error event
+    for a stream, a cut connection otherwise; before it, an OpenAI-shaped 500."""
+    started: web.StreamResponse | None = request.get(PREPARED)
+    if started is None:
+        return error_response(RouterError("The router hit an internal error."))
     call = request.get(CALL)
-    if not response.prepared:
+    if call is not None:
+        call.stream_error = "internal error"
+    sse = started.headers.get("Content-Type", "").startswith("text/event-stream")
+    if sse and "Content-Encoding" not in started.headers:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            body = error_body("The router hit an internal error.", "server_error", None, None)
+            await started.write(b"data: " + body + b"\n\n")
+            await started.write_eof()
+            return started
+    if request.transport is not None:
+        request.transport.abort()  # no terminating chunk: the client sees a broken body
+    return started
+
+
+def _finished(
+    request: web.Request,
+    status: int,
+    seconds: float,
+    rid: str,
+    response: web.StreamResponse | None = None,
+) -> None:
+    runtime = request.app[LIVE].runtime
+    call = request.get(CALL)
+    if response is not None and not response.prepared:
         if "x-llm-router-attempts" not in response.headers and request.path.startswith("/v1/"):
             # Answered without an upstream call: /v1/models, or refused (auth, bad JSON,
             # unknown model, client limits). Every API reply says how many calls it took.
             response.headers["x-llm-router-attempts"] = str(call.started) if call else "0"
         if isinstance(response, web.Response):
             _maybe_compress(request, response, runtime.config)
-    seconds = time.perf_counter() - started
+    if call is not None and call.client_gone:
+        status = 499  # nginx's "client closed request": the client cut its stream short
     if call is not None or request.path in PROXIED:
-        _observe(request, response.status, call, seconds, rid)
+        _observe(request, status, call, seconds, rid)
     if call is not None and call.route is not None:
-        await call.route.done(response.status, call, seconds)
+        call.route.done(status, call, seconds)  # the policy's observe
     access = request.app[ACCESS]
     if access.enabled:
+        key = response.headers.get("x-llm-router-key", "-") if response is not None else "-"
         access.add(
-            rid,
-            request.get(CLIENT, "-"),
-            request.method,
-            response.status,
-            request.path,
-            response.headers.get("x-llm-router-key", "-"),
+            rid, request.get(CLIENT, "-"), request.method, status, request.path, key,
             seconds * 1000,
-        )
-    return response
+        )  # fmt: skip
 
 
 def _observe(
@@ -222,8 +258,14 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-async def not_allowed(request: web.Request) -> web.Response:
-    raise MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+def not_allowed(allowed: str) -> Handler:
+    async def refuse(request: web.Request) -> web.Response:
+        raise MethodNotAllowed(
+            f"Method {request.method} is not allowed on {request.path}.",
+            headers={"Allow": allowed},
+        )
+
+    return refuse
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -250,8 +292,10 @@ def create_app(
 
     def route(path: str, handler: Handler, *methods: str) -> None:
         resource = app.router.add_resource(path)
+        allowed = (*methods, "HEAD") if "GET" in methods else methods
+        refuse = not_allowed(", ".join((*allowed, "OPTIONS")))
         for method in METHODS:
-            resource.add_route(method, handler if method in methods else not_allowed)
+            resource.add_route(method, handler if method in methods else refuse)
         if "GET" in methods:  # load balancers probe with HEAD
             resource.add_route("HEAD", handler)
 
@@ -291,6 +335,7 @@ def create_app(
                 names |= {"authorization", "content-type"}
                 response.headers["Access-Control-Allow-Headers"] = ", ".join(sorted(names))
         response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
+        request[PREPARED] = response
         route = request.get(ROUTE)
         if route is not None:  # what the strategy decided
             call = request.get(CALL)

@@ -71,6 +71,7 @@ class Balancer:
             self.groups[group.name] = tuple(targets.values())
             self.hedge_after[group.name] = group.hedge_after
         self._limited = any(k.rpm or k.tpm for p in config.providers for k in p.keys)
+        self.remote = config.state.backend != "memory"  # picks may wait on the network
 
     def targets(self, group: str) -> tuple[Target, ...]:
         try:
@@ -163,6 +164,12 @@ class Balancer:
             await self.state.hit(f"rpm:{t.key_id}", -1, now)
         if t.key.tpm:
             await self.state.hit(f"tpm:{t.key_id}", -reserve, now)
+
+    async def release(self, target: Target, reserved: float) -> None:
+        """A pick whose request was never sent: give back all it took, with no verdict."""
+        await self.state.settle(target.id, reserved + self.request_penalty, 0.0)
+        if self._limited:
+            await self._give_back(target, reserved, self.clock())
 
     async def finish(
         self, target: Target, reserved: float, used: float, failed: bool | None

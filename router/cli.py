@@ -52,7 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("usage", help="roll up a usage log")
     u.add_argument("--log", required=True, help="the usage_log path (rotated files included)")
     u.add_argument("--by", choices=("day", "model", "key", "client"), default="day")
+
+    e = sub.add_parser("eval", help="run prompts against every target of groups and compare")
+    e.add_argument("--config", help="config file (YAML or JSON)")
+    e.add_argument("--prompts", required=True, help="JSONL: one prompt a line")
+    e.add_argument("--group", action="append", default=[], help="a group to run (repeatable)")
+    e.add_argument("--judge", metavar="GROUP", help="a group that scores each answer 0-5")
+    e.add_argument("--concurrency", type=_positive, default=4, help="calls at once (4)")
+    e.add_argument("--repeat", type=_positive, default=1, help="run each prompt K times")
+    e.add_argument("--out", metavar="FILE.jsonl", help="write one line per call")
+    e.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
+    e.add_argument("--json", action="store_true", help="print only the JSON summary")
     return parser
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str | None:
@@ -123,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         from router.statuscli import run_status
 
         return run_status(args.url, args.api_key, args.watch)
+    if args.command == "eval":
+        from router.eval import Options
+        from router.eval import main as run_eval
+
+        options = Options(args.prompts, tuple(args.group), args.judge, args.concurrency,
+                          args.repeat, args.out, args.report, args.json)  # fmt: skip
+        return run_eval(discover(args.config), options)
     if args.command == "usage":
         from router import usagelog
 

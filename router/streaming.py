@@ -7,6 +7,8 @@ can only be reported in-band: an OpenAI-shaped `data: {"error": ...}` event, nev
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from router.errors import UpstreamError, error_body
 from router.payload import Tokens, usage_tokens
 from router.upstream import Reply
 
+log = logging.getLogger("router.streaming")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # The Responses API's stream has no [DONE]: it ends with one of these events.
 _RESPONSES_MARK = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
@@ -59,8 +62,11 @@ class _Events:
 
 
 class Relay:
-    def __init__(self, reply: Reply, *, strip_usage: bool, responses: bool) -> None:
+    def __init__(
+        self, reply: Reply, *, strip_usage: bool, responses: bool, write_timeout: float = 60.0
+    ) -> None:
         self.reply = reply
+        self.write_timeout = write_timeout  # a client that stops reading is dropped after it
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
         self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
         self.outcome = StreamOutcome()
@@ -149,13 +155,20 @@ class Relay:
         if packer:
             resp.headers["Content-Encoding"] = encoding or ""
         await resp.prepare(request)
-        if request.transport is not None:
-            tcp_nodelay(request.transport, True)  # an event must not wait for the next one
+        transport = request.transport
+        if transport is not None:
+            tcp_nodelay(transport, True)  # an event must not wait for the next one
         run: bytes | None = first
+        watchdog = _Watchdog(transport, self.write_timeout) if transport is not None else None
         try:
             while run is not None:
                 if run:
-                    await resp.write(packer.feed(run) if packer else run)
+                    data = packer.feed(run) if packer else run
+                    if watchdog is not None:
+                        watchdog.since = watchdog.loop.time()
+                    await resp.write(data)
+                    if watchdog is not None:
+                        watchdog.since = None
                 if self.outcome.error:
                     break
                 run = await self._events.next()
@@ -165,25 +178,68 @@ class Relay:
                 self.outcome.error = f"upstream stream ended before {end}"
         except UpstreamError as exc:
             self.outcome.error = exc.reason
-        except ConnectionResetError:  # the client left; the caller closes the upstream
-            self.outcome.client_gone = True
+        except ConnectionResetError:  # the client left (or was dropped); the caller closes
+            self.outcome.client_gone = True  # the upstream
             return resp
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
         try:
             tail = b""
             if self.outcome.error and not self._sent_error_event():
                 tail = b"data: " + _error_payload(self.outcome.error) + b"\n\n"
             if packer:
                 tail = packer.feed(tail) + packer.finish() if tail else packer.finish()
-            if tail:
-                await resp.write(tail)
-            await resp.write_eof()
+            async with asyncio.timeout(self.write_timeout):
+                if tail:
+                    await resp.write(tail)
+                await resp.write_eof()
         except ConnectionResetError:
             self.outcome.client_gone = True
+        except TimeoutError:
+            self.outcome.client_gone = True
+            if transport is not None:
+                transport.abort()
         return resp
+
+    async def runs(self) -> AsyncIterator[bytes]:
+        """The stream read to its end by a reader that is not an HTTP client (`eval`).
+
+        Yields each run of events as inspected; `outcome` then holds usage and any error.
+        UpstreamError from the transport propagates.
+        """
+        while not self.outcome.error and (run := await self._events.next()) is not None:
+            yield self._inspect(run)
+        if not self.outcome.error and not self._done:
+            end = "response.completed" if self.responses else "[DONE]"
+            self.outcome.error = f"upstream stream ended before {end}"
 
     def _sent_error_event(self) -> bool:
         # An upstream error event was already forwarded as it came; do not add a second.
         return self.outcome.error == "upstream sent an error event"
+
+
+class _Watchdog:
+    """Drops a client whose socket has not taken a write for `timeout` seconds: a stream
+    must not stay in flight, holding its reservation, because its reader went away
+    without closing. One timer per stream, not one per write."""
+
+    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.timeout = timeout
+        self.since: float | None = None  # when the write in progress began
+        self._timer = self.loop.call_later(timeout / 2, self._check)
+
+    def _check(self) -> None:
+        if self.since is not None and self.loop.time() - self.since >= self.timeout:
+            log.warning("a client stopped reading its stream for %gs: dropped", self.timeout)
+            self.transport.abort()  # the blocked write raises ConnectionResetError
+            return
+        self._timer = self.loop.call_later(self.timeout / 2, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 def _error_payload(reason: str) -> bytes:

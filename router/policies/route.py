@@ -241,12 +241,15 @@ class Route:
             )
         return out
 
-    async def done(self, status: int, call: Call, seconds: float) -> None:
-        """Once per request, after its answer: keep the session's target, tell the policy."""
-        target = call.target
+    async def served(self, status: int, target: Target | None) -> None:
+        """The request has its reply: a session sticks to the target that served it."""
         if self.session is not None and target is not None and status < 400:
             ttl = self.gp.group.affinity_ttl
             await self.policies.state.stick(self._session_key(), target.id, ttl)
+
+    def done(self, status: int, call: Call, seconds: float) -> None:
+        """Once per request that reached routing, when it is answered: tell the policy."""
+        target = call.target
         if not self.gp.strategy.observes:
             return
         error = call.stream_error
