@@ -249,9 +249,9 @@ class Route:
 
     def done(self, status: int, call: Call, seconds: float) -> None:
         """Once per request that reached routing, when it is answered: tell the policy."""
-        target = call.target
         if not self.gp.strategy.observes:
             return
+        target = call.target
         error = call.stream_error
         if error is None and status >= 400:
             error = "; ".join(f"{a.target.describe()}: {a.reason}" for a in call.attempts)
