@@ -127,3 +127,33 @@ async def test_without_redis_the_signals_fall_back_to_local_state() -> None:
         assert (total, recent) == (1.0, 1.0)
     finally:
         await s.close()
+
+
+async def test_a_router_without_its_redis_still_routes_by_every_signal(
+    fakes: Any, aiohttp_client: Any
+) -> None:
+    from router.app import create_app
+    from router.config import parse
+
+    [(_, url)] = await fakes(1)
+    dead = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    tree = config_tree([url], state=dead)
+    tree["groups"][0]["strategy"] = "round-robin"
+    tree["groups"].append(
+        {"name": "fast", "strategy": "lowest-latency", "models": [{"provider": "p0", "name": "m"}]}
+    )
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    session = {**ALICE, "x-llm-router-session": "s"}
+    keys = []
+    for _ in range(4):
+        r = await client.post(CHAT, json={"model": "g"}, headers=session)
+        assert r.status == 200
+        keys.append(r.headers["x-llm-router-key"])
+        assert (await client.post(CHAT, json={"model": "fast"}, headers=ALICE)).status == 200
+    assert keys == ["p0#0"] * 4  # the session kept, on local state
+    keys = []
+    for _ in range(4):
+        r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+        keys.append(r.headers["x-llm-router-key"])
+    # Turns go on, locally (the session's requests took turns 1 to 4 as well).
+    assert keys == ["p0#0", "p0#1", "p0#0", "p0#1"]
