@@ -56,6 +56,7 @@ bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
 	  echo "wrk not installed: the bench falls back to an aiohttp load generator"
 	$(BIN)/python -m bench --observability
+	$(BIN)/python -m bench.anthropic
 
 bench-strategies: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.strategies

@@ -13,7 +13,9 @@ import yaml
 
 from router.schema import _MISSING, ConfigError, Reader, show, substitute
 
-ProviderType = Literal["openai", "mock"]
+ProviderType = Literal["openai", "anthropic", "mock"]
+Api = Literal["openai", "anthropic"]  # a wire format
+ANTHROPIC_URL = "https://api.anthropic.com"
 Lane = Literal["high", "normal", "low"]
 Tier = Literal["fast", "balanced", "accurate"]
 LANES: tuple[Lane, ...] = ("high", "normal", "low")
@@ -45,6 +47,7 @@ class Provider:
     first_byte_timeout: float = 60.0
     idle_timeout: float = 60.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    api: Api = "openai"  # the API it speaks: its type, or for a mock the `api` setting
     latency_ms: float = 0.0  # mock only
     failure_rate: float = 0.0  # mock only
 
@@ -250,8 +253,12 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
 def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
     name = r.text("name")
-    ptype = r.text("type", "openai", choices=("openai", "mock"))
-    base_url = r.text("base_url", "" if ptype == "mock" else None)
+    ptype = r.text("type", "openai", choices=("openai", "anthropic", "mock"))
+    base_url = r.text("base_url", {"mock": "", "anthropic": ANTHROPIC_URL}.get(ptype))
+    api = r.text("api", "anthropic" if ptype == "anthropic" else "openai",
+                 choices=("openai", "anthropic"))  # fmt: skip
+    if ptype != "mock" and "api" in r.data:
+        r.fail(r.at("api"), "only a type: mock provider takes api (the type says it)")
     if base_url and not base_url.startswith(("http://", "https://")):
         r.fail(r.at("base_url"), f"must start with http:// or https://, got {base_url!r}")
     keys: list[ProviderKey] = []
@@ -283,6 +290,7 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         first_byte_timeout=r.num("first_byte_timeout", 60.0, above=True),
         idle_timeout=r.num("idle_timeout", 60.0, above=True),
         headers=r.str_map("headers"),
+        api=api,
         latency_ms=r.num("latency_ms", 0.0),
         failure_rate=r.num("failure_rate", 0.0),
     )

@@ -13,8 +13,8 @@ from router.balancer import Balancer
 from router.config import Config
 from router.limits import ClientLimits
 from router.metrics import Metrics
+from router.providers.http import Upstream
 from router.state import StateBackend
-from router.upstream import Upstream
 from router.usagelog import UsageLog
 
 if TYPE_CHECKING:

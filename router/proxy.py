@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from router import payload
+from router import payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
 from router.compression import negotiate
@@ -31,9 +31,9 @@ from router.errors import (
 )
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
 from router.payload import Tokens
+from router.providers.http import Reply
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
-from router.upstream import Reply
 
 if TYPE_CHECKING:
     from router.policies.route import Route
@@ -42,8 +42,14 @@ log = logging.getLogger("router.proxy")
 
 # Upstream statuses worth another target: overload, outages, and a bad or revoked key.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-_PASSED_PREFIXES = ("x-ratelimit-", "openai-processing-ms", "openai-version")
-_STREAMABLE = ("/chat/completions", "/completions", "/responses")
+_PASSED_PREFIXES = (
+    "x-ratelimit-",
+    "openai-processing-ms",
+    "openai-version",
+    "anthropic-ratelimit-",
+)
+_STREAMABLE = ("/chat/completions", "/completions", "/responses", "/messages")
+_OWN_USAGE = ("/responses", "/messages")  # streams that always report usage
 
 
 @dataclass
@@ -98,7 +104,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     client = request.get(CLIENT, ANONYMOUS)
     reserve = payload.estimate(raw, body, path == "/embeddings")
     route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
-    targets = runtime.balancer.targets(group)
+    targets = providers.serving(runtime.balancer.targets(group), path, body)
     await runtime.limits.admit(client, reserve)
     stream = body.get("stream") is True
     call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
@@ -229,7 +235,7 @@ async def _hedged(
             first_moves, timeout=hedge_after, return_when=asyncio.FIRST_COMPLETED
         )
         if not moved:
-            group = runtime.balancer.targets(call.group)
+            group = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
             second, _ = await _pick(runtime.balancer, group, call.reserve, tried, call.route)
             if second is not None:
                 tried.append(second)
@@ -272,7 +278,7 @@ async def _attempt(
     began = time.perf_counter()
     call.started += 1
     stream = call.stream and call.path in _STREAMABLE
-    add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
+    add_usage = stream and call.path not in _OWN_USAGE and not payload.wants_usage(call.body)
     out = payload.rewrite(call.raw, call.body, target.model.name, add_usage)
     tokens: Tokens | None = None
     failed: bool | None = True
@@ -280,7 +286,7 @@ async def _attempt(
     relay: Relay | None = None
     try:
         upstream = request.app[UPSTREAMS][target.provider.type]
-        reply = await upstream.send(target, call.path, out, call.stream)
+        reply = await upstream.send(target, call.path, out, call.stream, request.headers)
         await runtime.policies.sample(target, time.perf_counter() - began)  # headers in
         if reply.status == 400 and add_usage:
             data = await reply.read()
@@ -291,7 +297,7 @@ async def _attempt(
                 add_usage = False
                 out = payload.rewrite(call.raw, call.body, target.model.name, False)
                 call.started += 1
-                reply = await upstream.send(target, call.path, out, call.stream)
+                reply = await upstream.send(target, call.path, out, call.stream, request.headers)
         if race is not None and reply.status not in RETRYABLE:
             race.headers()
         if reply.status >= 400:
@@ -312,6 +318,7 @@ async def _attempt(
                 reply,
                 strip_usage=add_usage,
                 responses=call.path == "/responses",
+                messages=call.path == "/messages",
                 write_timeout=target.provider.idle_timeout,
             )
             first = await relay.first()
