@@ -30,6 +30,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
+from router.limits import Hold
 from router.payload import Tokens
 from router.providers.http import Reply
 from router.retry import backoff, cooldown_seconds
@@ -83,6 +84,7 @@ class Call:
 
 
 CALL = web.RequestKey("call", Call)
+HOLD = web.RequestKey("hold", Hold)
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -95,6 +97,14 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _handle(request)
+    finally:  # the client's limits hold the request's estimate until it ends
+        if (hold := request.get(HOLD)) is not None:
+            await hold.release()
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     runtime = request.app[LIVE].runtime
     raw = await request.read()
@@ -105,7 +115,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     reserve = payload.estimate(raw, body, path == "/embeddings")
     route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
     targets = providers.serving(runtime.balancer.targets(group), path, body)
-    await runtime.limits.admit(client, reserve)
+    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
+        request[HOLD] = hold
     stream = body.get("stream") is True
     call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call

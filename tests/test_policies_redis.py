@@ -101,9 +101,9 @@ async def test_latency_emas_turns_and_sessions_are_shared(
         assert await b.sticky("session:x") is None  # affinity_ttl after its last use
         # Prediction reads the rate of a key's window that every router counts into.
         now = time.time()
-        assert await a.take("rpm:k", 1, 10, now - 20) is None  # out of the last 10 s
-        assert await a.take("rpm:k", 1, 10, now - 2) is None
-        assert await b.take("rpm:k", 1, 10, now - 1) is None
+        assert (await a.take("rpm:k", 1, 10, now - 20)).entry  # out of the last 10 s
+        assert (await a.take("rpm:k", 1, 10, now - 2)).entry
+        assert (await b.take("rpm:k", 1, 10, now - 1)).entry
         [(total, recent, oldest)] = await b.recent(["rpm:k"], now, 10)
         assert (total, recent, oldest) == (3.0, 2.0, pytest.approx(now - 2))
         assert not a.degraded and not b.degraded
