@@ -47,6 +47,7 @@ from router.keys import (
 from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.metrics import Metrics
+from router.policies.route import ROUTE, Policies
 from router.providers import anthropic
 from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
@@ -65,6 +66,8 @@ EXPOSED = (
     "x-llm-router-attempts",
     "x-llm-router-cost",
     "x-llm-router-cache",
+    "x-llm-router-tier",
+    "x-llm-router-complexity",
     "x-request-id",
     "retry-after",
     "x-ratelimit-limit-requests",
@@ -87,11 +90,13 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def build_runtime(config: Config, state: StateBackend, clock: Clock = time.time) -> Runtime:
+    balancer = Balancer(config, state, clock)
     return Runtime(
         config,
         Authenticator(config.client_keys),
-        Balancer(config, state, clock),
+        balancer,
         ClientLimits(config.client_keys, state, clock),
+        Policies(config, balancer),
     )
 
 
@@ -181,6 +186,8 @@ def _finished(
         status = 499  # nginx's "client closed request": the client cut its stream short
     if call is not None or request.path in PROXIED:
         _observe(request, status, call, seconds, rid)
+    if call is not None and call.route is not None:
+        call.route.done(status, call, seconds)  # the policy's observe
     access = request.app[ACCESS]
     if access.enabled:
         key = response.headers.get("x-llm-router-key", "-") if response is not None else "-"
@@ -244,14 +251,16 @@ async def models(request: web.Request) -> web.Response:
     """GET /v1/models lists the groups; GET /v1/models/{id} is one of them."""
     runtime = request.app[LIVE].runtime
     created = request.app[STARTED]
+    client = request.get(CLIENT, ANONYMOUS)
     data = [
-        {"id": g.name, "object": "model", "created": created, "owned_by": "llm-router"}
-        for g in runtime.config.groups
+        {"id": name, "object": "model", "created": created, "owned_by": "llm-router"}
+        for name in runtime.policies.access.visible(client)
     ]
     wanted = request.match_info.get("model")
     if wanted is None:
         body: object = {"object": "list", "data": data}
     else:
+        runtime.policies.access.check(client, wanted)  # 404, listing only its groups
         runtime.balancer.targets(wanted)  # raises the OpenAI-shaped 404 for an unknown one
         body = next(m for m in data if m["id"] == wanted)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -342,6 +351,10 @@ def create_app(
                 response.headers["Access-Control-Allow-Headers"] = ", ".join(sorted(names))
         response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
         request[PREPARED] = response
+        route = request.get(ROUTE)
+        if route is not None:  # what the strategy decided
+            call = request.get(CALL)
+            response.headers.update(route.headers(call.target if call is not None else None))
         response.headers["Vary"] = "Origin, Accept-Encoding"
 
     app.on_response_prepare.append(on_prepare)

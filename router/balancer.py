@@ -6,16 +6,21 @@ open, or while its key is at its rpm/tpm limit; `Blocked` says until when, and w
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from router import breaker
 from router.config import Config, ModelRef, Provider, ProviderKey
 from router.errors import NotFound
 from router.payload import Tokens
 from router.state import WINDOW, Clock, StateBackend
+
+if TYPE_CHECKING:
+    from router.policies.route import Route
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,11 +92,17 @@ class Balancer:
             ) from None
 
     async def pick(
-        self, targets: Sequence[Target], reserve: float, skip: Iterable[Target] = ()
+        self,
+        targets: Sequence[Target],
+        reserve: float,
+        skip: Iterable[Target] = (),
+        route: Route | None = None,
     ) -> tuple[Target | None, list[Blocked]]:
         """Choose the lowest score among available targets and reserve tokens on it.
 
-        Ties go to config order. Returns the target, or None and why each was blocked.
+        Ties go to config order; a route's strategy may order them otherwise (and its lane
+        may leave part of a limited key's rpm/tpm to high priority requests). Returns the
+        target, or None and why each was blocked.
         """
         skipped = set(skip)
         pool = [t for t in targets if t not in skipped] if skipped else list(targets)
@@ -109,10 +120,15 @@ class Balancer:
                 continue
             ready.append((t.model.weight * load, i, t, h))
         ready.sort(key=lambda r: (r[0], r[1]))
+        share = 1.0
+        if route is not None:
+            share = route.share
+            if route.active and ready:
+                ready = await route.order(ready)
         for _, _, t, h in ready:
             taken: Entries = (None, None)
             if self._limited:
-                got = await self._take_limits(t, reserve, now, blocked)
+                got = await self._take_limits(t, reserve, now, blocked, share)
                 if got is None:
                     continue
                 taken = got
@@ -126,25 +142,33 @@ class Balancer:
                     pending.popleft()  # left the window: nothing to correct (a call lost)
                 pending.append((now, reserve, taken))
             await self.state.reserve(t.id, reserve + self.request_penalty)
+            if route is not None:
+                route.picked(t)
             return t, blocked
         return None, blocked
 
     async def _take_limits(
-        self, t: Target, reserve: float, now: float, blocked: list[Blocked]
+        self, t: Target, reserve: float, now: float, blocked: list[Blocked], share: float = 1.0
     ) -> Entries | None:
         """Count this request against its key's rpm and tpm, atomically, if both have room.
 
+        `share` < 1 is a lane below high: it may use only that part of each limit.
         The window entries taken (rpm, tpm), or None if either was full."""
         key = t.key
         rpm = tpm = None
         if key.rpm:
-            taken = await self.state.take(f"rpm:{t.key_id}", 1, key.rpm, now)
+            limit = key.rpm if share >= 1 else math.floor(share * key.rpm)
+            if limit < 1:  # the whole (small) limit is kept for high priority
+                blocked.append(Blocked(now + WINDOW, True))
+                return None
+            taken = await self.state.take(f"rpm:{t.key_id}", 1, limit, now)
             if taken.entry is None:
                 blocked.append(Blocked(taken.until, True))
                 return None
             rpm = taken.entry
         if key.tpm:
-            taken = await self.state.take(f"tpm:{t.key_id}", reserve, key.tpm, now)
+            limit_tokens = key.tpm if share >= 1 else share * key.tpm
+            taken = await self.state.take(f"tpm:{t.key_id}", reserve, limit_tokens, now)
             if taken.entry is None:
                 await self._give_back(t, (rpm, None))  # the request it will not make
                 blocked.append(Blocked(taken.until, True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +17,9 @@ from router.providers.http import Upstream
 from router.state import StateBackend
 from router.usagelog import UsageLog
 
+if TYPE_CHECKING:
+    from router.policies.route import Policies
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -25,6 +29,7 @@ class Runtime:
     auth: Authenticator
     balancer: Balancer
     limits: ClientLimits
+    policies: Policies
 
 
 @dataclass

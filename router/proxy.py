@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -35,6 +35,9 @@ from router.payload import Tokens
 from router.providers.http import Reply
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
+
+if TYPE_CHECKING:
+    from router.policies.route import Route
 
 log = logging.getLogger("router.proxy")
 
@@ -77,6 +80,7 @@ class Call:
     ttft: float | None = None  # streams: seconds to the first event
     stream_error: str | None = None
     client_gone: bool = False  # the client left before its reply was whole
+    route: Route | None = None  # the request's options and its strategy's decisions
 
 
 CALL = web.RequestKey("call", Call)
@@ -106,13 +110,15 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     body = payload.parse(raw)
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    targets = providers.serving(runtime.balancer.targets(body["model"]), path, body)
-    reserve = payload.estimate(raw, body, path == "/embeddings")
+    group = str(body["model"])
     client = request.get(CLIENT, ANONYMOUS)
+    reserve = payload.estimate(raw, body, path == "/embeddings")
+    route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
+    targets = providers.serving(runtime.balancer.targets(group), path, body)
     if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
         request[HOLD] = hold
-    group = str(body["model"])
-    call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
+    stream = body.get("stream") is True
+    call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call
     encoding = None
     if runtime.config.compression.enabled:
@@ -125,11 +131,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     waited = 0.0
     while len(call.attempts) < retry.attempts:
         picked = balancer.clock()  # a result from before the breaker last opened is stale
-        target, blocked = await _pick(balancer, targets, reserve, tried)
+        target, blocked = await _pick(balancer, targets, reserve, tried, route)
         if target is None and tried:
             # Every other target is used up: try one again, after a backoff.
             picked = balancer.clock()
-            target, blocked = await _pick(balancer, targets, reserve)
+            target, blocked = await _pick(balancer, targets, reserve, (), route)
             if target is not None:
                 delay = backoff(len(call.attempts), retry)
                 if balancer.clock() + delay > deadline:
@@ -160,12 +166,17 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         else:
             response = await _attempt(request, runtime, call, target, picked, encoding)
         if response is not None:
+            await route.served(response.status, call.target)  # a session sticks to it
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
 
 async def _pick(
-    balancer: Balancer, targets: Sequence[Target], reserve: float, skip: Sequence[Target] = ()
+    balancer: Balancer,
+    targets: Sequence[Target],
+    reserve: float,
+    skip: Sequence[Target] = (),
+    route: Route | None = None,
 ) -> tuple[Target | None, list[Blocked]]:
     """A pick that a hung-up client cannot cut in half.
 
@@ -175,7 +186,7 @@ async def _pick(
     suspend, so they need none of this.
     """
     if not balancer.state.degraded and balancer.remote:
-        task = asyncio.ensure_future(balancer.pick(targets, reserve, skip))
+        task = asyncio.ensure_future(balancer.pick(targets, reserve, skip, route))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -183,7 +194,7 @@ async def _pick(
             if target is not None:
                 await balancer.release(target, reserve)
             raise
-    return await balancer.pick(targets, reserve, skip)
+    return await balancer.pick(targets, reserve, skip, route)
 
 
 class _Race:
@@ -241,7 +252,7 @@ async def _hedged(
         if not moved:
             group = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
             picked = runtime.balancer.clock()
-            second, _ = await _pick(runtime.balancer, group, call.reserve, tried)
+            second, _ = await _pick(runtime.balancer, group, call.reserve, tried, call.route)
             if second is not None:
                 tried.append(second)
                 start(second, picked)
@@ -293,6 +304,7 @@ async def _attempt(
     try:
         upstream = request.app[UPSTREAMS][target.provider.type]
         reply = await upstream.send(target, call.path, out, call.stream, request.headers)
+        await runtime.policies.sample(target, time.perf_counter() - began)  # headers in
         if reply.status == 400 and add_usage:
             data = await reply.read()
             if b"stream_options" in data:

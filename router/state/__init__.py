@@ -98,6 +98,26 @@ class StateBackend(Protocol):
 
     async def release_total(self, key: str, hold: str) -> None: ...
 
+    async def recent(
+        self, keys: Sequence[str], now: float, span: float
+    ) -> list[tuple[float, float, float]]:
+        """Per window: its total, the part added in the last `span` seconds, and when the
+        oldest of that part was added (`now` when none) -- the rate of use, for prediction."""
+
+    # routing signals [policies]
+    async def turn(self, key: str) -> int:
+        """Advance a counter (round-robin turns) and return its new value, from 1."""
+
+    async def latencies(self, keys: Sequence[str]) -> list[float | None]:
+        """The EMAs kept by sample(), None where there is no sample yet."""
+
+    async def sample(self, key: str, value: float, alpha: float) -> None: ...
+
+    async def sticky(self, key: str) -> str | None:
+        """A session's target id, while its affinity lasts."""
+
+    async def stick(self, key: str, value: str, ttl: float) -> None: ...
+
     async def start(self) -> None:
         """Begin background work (a Redis backend watches its connection)."""
 

@@ -153,3 +153,29 @@ end
 return 1
 """
 )
+
+# KEYS: window zset. ARGV: now, window span, recent span. -> {total, recent, oldest recent}
+RECENT = (
+    _SUM
+    + """
+local now, span, last = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local total = sum(KEYS[1])
+local recent, oldest = 0, now
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - last), '+inf', 'WITHSCORES')
+for i = 1, #m, 2 do
+  recent = recent + tonumber(string.match(m[i], ':([^:]+)$'))
+  if i == 1 then oldest = tonumber(m[i + 1]) end
+end
+return {tostring(total), tostring(recent), tostring(oldest)}
+"""
+)
+
+# KEYS: an EMA. ARGV: sample, alpha, ttl.
+EMA = """
+local v = redis.call('GET', KEYS[1])
+local x, a = tonumber(ARGV[1]), tonumber(ARGV[2])
+if v then v = tonumber(v) + a * (x - tonumber(v)) else v = x end
+redis.call('SET', KEYS[1], tostring(v), 'EX', ARGV[3])
+return 1
+"""

@@ -54,6 +54,10 @@ class MemoryState:
         self._holds: dict[str, float] = {}  # hold id -> amount
         self._held: dict[str, float] = {}  # key -> amount held on it
         self._ids = itertools.count()
+        self._turns: dict[str, int] = {}
+        self._emas: dict[str, float] = {}
+        self._sticky: dict[str, tuple[str | None, float]] = {}  # key -> (target, expires at)
+        self._sweep_at = _STICKY_SWEEP
 
     def _get(self, key: str) -> Counter:
         c = self._counters.get(key)
@@ -196,6 +200,48 @@ class MemoryState:
     def held(self, hold: str) -> float | None:
         return self._holds.get(hold)
 
+    async def recent(
+        self, keys: Sequence[str], now: float, span: float
+    ) -> list[tuple[float, float, float]]:
+        out = []
+        for key in keys:
+            total = recent = 0.0
+            oldest = now
+            for e in self._window(key, now).entries:
+                total += e.amount
+                if e.at > now - span:
+                    recent += e.amount
+                    oldest = min(oldest, e.at)
+            out.append((total, recent, oldest))
+        return out
+
+    # -- routing signals --------------------------------------------------------------
+
+    async def turn(self, key: str) -> int:
+        n = self._turns[key] = self._turns.get(key, 0) + 1
+        return n
+
+    async def latencies(self, keys: Sequence[str]) -> list[float | None]:
+        return [self._emas.get(k) for k in keys]
+
+    async def sample(self, key: str, value: float, alpha: float) -> None:
+        ema = self._emas.get(key)
+        self._emas[key] = value if ema is None else ema + alpha * (value - ema)
+
+    async def sticky(self, key: str) -> str | None:
+        value, expires = self._sticky.get(key, (None, 0.0))
+        if expires <= self.clock():
+            self._sticky.pop(key, None)
+            return None
+        return value
+
+    async def stick(self, key: str, value: str, ttl: float) -> None:
+        self._sticky[key] = (value, self.clock() + ttl)
+        if len(self._sticky) > self._sweep_at:  # drop expired sessions now and then
+            now = self.clock()
+            self._sticky = {k: v for k, v in self._sticky.items() if v[1] > now}
+            self._sweep_at = max(_STICKY_SWEEP, 2 * len(self._sticky))
+
     async def start(self) -> None:
         pass
 
@@ -239,3 +285,4 @@ class MemoryState:
 
 
 _HEALTHY = Health()
+_STICKY_SWEEP = 10_000

@@ -34,7 +34,7 @@ from router.breaker import Health
 from router.config import State as StateConfig
 from router.state import WINDOW, Clock, Taken, Usage, Window
 from router.state.behind import Fill, WriteBehind
-from router.state.lua import COOL, HOLD, LOADS, PROBE, PUT, RECORD, TAKE, WINDOWS
+from router.state.lua import COOL, EMA, HOLD, LOADS, PROBE, PUT, RECENT, RECORD, TAKE, WINDOWS
 from router.state.memory import MemoryState
 
 log = logging.getLogger("router.state")
@@ -43,6 +43,7 @@ T = TypeVar("T")
 CALL_TIMEOUT = 0.25  # seconds: a request must never wait long on Redis
 HEALTH_TTL = 86400  # health hashes are rewritten on every outcome
 USAGE_TTL = 7 * 86400  # cumulative usage of a target nobody calls for a week is dropped
+SIGNAL_TTL = 86400  # round-robin turns and latency EMAs of a group nobody uses
 
 
 def _health(raw: dict[bytes, bytes] | list[Any]) -> Health:
@@ -403,6 +404,63 @@ class RedisState:
     async def add_total(self, key: str, amount: float, ttl: float) -> None:
         await self.local.add_total(key, amount, ttl)
         self._later(("total", key), self._write_total(key))
+
+    async def recent(
+        self, keys: Sequence[str], now: float, span: float
+    ) -> list[tuple[float, float, float]]:
+        async def remote() -> list[tuple[float, float, float]]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.eval(RECENT, 1, self.k(key, "w"), now, WINDOW, span)
+                rows = await pipe.execute()
+            return [(float(t), float(r), float(o)) for t, r, o in rows]
+
+        return await self._guard(remote, lambda: self.local.recent(keys, now, span))
+
+    # -- routing signals: round-robin turns, latency EMAs, session affinity -----------
+
+    async def turn(self, key: str) -> int:
+        async def remote() -> int:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(self.k(key, "turn"))
+                pipe.expire(self.k(key, "turn"), SIGNAL_TTL)
+                n, _ = await pipe.execute()
+            return int(n)
+
+        return await self._guard(remote, lambda: self.local.turn(key))
+
+    async def latencies(self, keys: Sequence[str]) -> list[float | None]:
+        async def remote() -> list[float | None]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self.k(key, "ema"))
+                return [float(v) if v is not None else None for v in await pipe.execute()]
+
+        return await self._guard(remote, lambda: self.local.latencies(keys))
+
+    async def sample(self, key: str, value: float, alpha: float) -> None:
+        def fill(pipe: Pipeline) -> None:
+            # EVAL with the source, not by SHA: a written-behind batch must not meet NOSCRIPT.
+            # Queued under one name per EMA: samples a batch has not sent yet collapse to
+            # the latest, which keeps an outage's queue bounded.
+            pipe.eval(EMA, 1, self.k(key, "ema"), value, alpha, SIGNAL_TTL)
+
+        await self.local.sample(key, value, alpha)
+        self._later(("ema", key), fill)
+
+    async def sticky(self, key: str) -> str | None:
+        async def remote() -> str | None:
+            v = await self.client.get(self.k(key, "stick"))
+            return v.decode() if isinstance(v, bytes) else v
+
+        return await self._guard(remote, lambda: self.local.sticky(key))
+
+    async def stick(self, key: str, value: str, ttl: float) -> None:
+        def fill(pipe: Pipeline) -> None:
+            pipe.set(self.k(key, "stick"), value, px=max(1, int(ttl * 1000)))
+
+        await self.local.stick(key, value, ttl)
+        self._later(("stick", key), fill)
 
     async def hold_total(self, key: str, amount: float, limit: float) -> str | None:
         """Holds live in Redis, one entry each, so every router's count at once; they
