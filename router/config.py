@@ -119,6 +119,8 @@ class State:
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "llm-router"
+    cluster: bool = False  # redis_url names one node of a Redis Cluster
+    refresh: float = 0.05  # seconds between reads of the other routers' loads and health
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,8 @@ def _state(r: Reader) -> State:
         backend=r.text("backend", "memory", choices=("memory", "redis")),
         redis_url=r.text("redis_url", "redis://127.0.0.1:6379/0"),
         prefix=r.text("prefix", "llm-router"),
+        cluster=r.flag("cluster", False),
+        refresh=r.num("refresh", 0.05, above=True),
     )
     r.done()
     return out

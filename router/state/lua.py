@@ -15,8 +15,9 @@ end
 
 # Every router writes its own share of a target's load under its own id (see RedisState);
 # this sums the others' shares. KEYS: usage hash (router -> tokens), reservations hash
-# (router -> "tokens expires"), usage-window hash ("second:router" -> tokens).
-# ARGV: now, usage_window, this router's id. -> {windowed usage, reserved, total usage}
+# (router -> "tokens expires"), usage-window hash ("second:router" -> tokens), health hash.
+# ARGV: now, usage_window, this router's id.
+# -> {windowed usage, reserved, total usage, the health hash as a flat list}
 LOADS = """
 local now, window, me = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local total, reserved, used = 0, 0, 0
@@ -40,7 +41,28 @@ if window > 0 then
 else
   used = total
 end
-return {tostring(used), tostring(reserved), tostring(total)}
+return {tostring(used), tostring(reserved), tostring(total), redis.call('HGETALL', KEYS[4])}
+"""
+
+# This router's share of a target's load, as absolute values, in one command.
+# KEYS: the three hashes LOADS reads. ARGV: this router's id, its total usage, its
+# reservations ("" for none), when they expire, then TTLs of the three keys, then
+# (second, tokens) pairs of usage-window buckets that changed.
+SHARE = """
+local me = ARGV[1]
+redis.call('HSET', KEYS[1], me, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], me, ARGV[3] .. ' ' .. ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+else
+  redis.call('HDEL', KEYS[2], me)
+end
+if #ARGV > 7 then
+  for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i] .. ':' .. me, ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+return 1
 """
 
 # KEYS: window zset. ARGV: now, amount, limit, span, member id. Nil when taken.

@@ -1,12 +1,16 @@
-"""Routing state in Redis, shared by every router that points at it.
+"""Routing state in Redis (one server or a Cluster), shared by every router that points at it.
 
 Each read-modify-write is one Lua script, so two routers never both take the last unit of
 a limit. Every key carries a TTL. A logical key `name` lives at `prefix:{name}:kind` (the
-braces are a hash tag: a target's keys would share a Cluster slot, but Cluster is not
-supported yet). Loads and budgets are kept per router (fields named by the router's id):
-a router writes its own share as absolute values, behind the request, and reads the others'
-shares plus its own exact local view. So a read never depends on which writes Redis has
-had, and a write that failed is just sent again.
+braces are a hash tag: every script touches the keys of one name, so one Cluster slot).
+Loads and budgets are kept per router (fields named by the router's id): a router writes
+its own share as absolute values, behind the request, and reads the others' shares plus
+its own exact local view. So a read never depends on which writes Redis has had, and a
+write that failed is just sent again.
+A pick reads no Redis: view() answers from the others' shares and health as last read
+(refreshed in the background every `state.refresh` seconds, riding on the write batches)
+plus this router's own changes, exact and at once. Only limits, probes and holds wait on
+Redis, in one atomic script each.
 Redis trouble never hangs a request: each call has a tight timeout, and while Redis is
 unreachable the router serves on a local MemoryState and keeps its writes until Redis is
 back (then it writes all of its state again, in case Redis lost it).
@@ -25,16 +29,16 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from router import breaker
 from router.breaker import Health
 from router.config import State as StateConfig
-from router.state import WINDOW, Clock, Taken, Usage, Window
-from router.state.behind import Fill, WriteBehind
-from router.state.lua import COOL, EMA, HOLD, LOADS, PROBE, PUT, RECENT, RECORD, TAKE, WINDOWS
+from router.state import WINDOW, Clock, Taken, Usage, Window, lua
+from router.state.behind import TROUBLE, Client, Fill, Pipe, WriteBehind
 from router.state.memory import MemoryState
 
 log = logging.getLogger("router.state")
@@ -44,6 +48,12 @@ CALL_TIMEOUT = 0.25  # seconds: a request must never wait long on Redis
 HEALTH_TTL = 86400  # health hashes are rewritten on every outcome
 USAGE_TTL = 7 * 86400  # cumulative usage of a target nobody calls for a week is dropped
 SIGNAL_TTL = 86400  # round-robin turns and latency EMAs of a group nobody uses
+LATE = 0.2  # seconds: a view this much older than `refresh` is read again before a pick
+UNWATCHED = 60.0  # seconds: a target no pick asked about for this long is not refreshed
+
+
+class ConfigError(RedisError):
+    """The Redis at state.redis_url is not what state.cluster says it is."""
 
 
 def _health(raw: dict[bytes, bytes] | list[Any]) -> Health:
@@ -71,26 +81,42 @@ class RedisState:
         self.window = usage_window
         self.clock = clock
         self.hold = hold  # a crashed router's reservations vanish after this long
+        self.cluster = cfg.cluster
         self.local = MemoryState(usage_window, clock)
-        self.client = aioredis.Redis.from_url(
-            cfg.redis_url,
-            socket_timeout=CALL_TIMEOUT,
-            socket_connect_timeout=CALL_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),  # no hidden retries: we fall back instead
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": CALL_TIMEOUT,
+            "socket_connect_timeout": CALL_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),  # no hidden retries: we fall back instead
+        }
+        self.client: Client
+        if cfg.cluster:
+            self.client = RedisCluster.from_url(cfg.redis_url, **options)
+        else:
+            self.client = aioredis.Redis.from_url(cfg.redis_url, **options)
         self._scripts = {
             name: self.client.register_script(src)
-            for name, src in (("loads", LOADS), ("take", TAKE), ("put", PUT), ("windows", WINDOWS),
-                              ("hold", HOLD), ("probe", PROBE), ("record", RECORD), ("cool", COOL))
+            for name, src in (("loads", lua.LOADS), ("take", lua.TAKE), ("put", lua.PUT),
+                              ("windows", lua.WINDOWS), ("hold", lua.HOLD), ("probe", lua.PROBE),
+                              ("record", lua.RECORD), ("cool", lua.COOL), ("share", lua.SHARE))
         }  # fmt: skip
         self._ids = itertools.count()
         self._me = os.urandom(6).hex()  # this router's id: its fields and window entries
         self._acked: dict[str, float] = {}  # per target, the newest usage second Redis has
         self._down = False
+        self._misconfigured = ""  # the last ConfigError logged
         self._watcher: asyncio.Task[None] | None = None
+        # The view picks read: per target, the other routers' load and the shared health,
+        # as Redis had them at `_seen_at` (monotonic) plus this router's health changes.
+        self.refresh = cfg.refresh
+        self._seen: dict[str, tuple[float, Health]] = {}
+        self._seen_at = -math.inf
+        self._watched: dict[str, float] = {}  # target -> when a pick last asked (monotonic)
+        self._changes = 0  # health changes made here, counted ...
+        self._changed: dict[str, int] = {}  # ... and the count at each target's last one
         self.behind = WriteBehind(
-            self.client, self._load_scripts, self._mark_down, CALL_TIMEOUT * 4
-        )
+            self.client, self._load_scripts, self._mark_down, CALL_TIMEOUT * 4,
+            self._reads, cfg.refresh,
+        )  # fmt: skip
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -114,21 +140,44 @@ class RedisState:
                     await self._load_scripts()
                     self._rewrite()  # and perhaps the rest of its data
                     return await remote()  # reads and checks only: safe to send again
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TROUBLE as exc:
             self._mark_down(exc)
             return await local()
 
     async def _load_scripts(self) -> None:
         for script in self._scripts.values():
-            await self.client.script_load(script.script)
+            await self.client.script_load(script.script)  # every primary, in a Cluster
 
-    def _eval(self, pipe: Pipeline, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+    async def _connect(self) -> None:
+        """Check that Redis answers and is what the config says, and load the scripts."""
+        if isinstance(self.client, RedisCluster):
+            try:
+                await self.client.initialize()
+            except RedisClusterException as exc:
+                if "not enabled" not in str(exc):
+                    raise
+                raise ConfigError(
+                    "state.cluster is true but state.redis_url is not a Redis Cluster node"
+                ) from exc
+        else:
+            await self.client.ping()
+            info = await self.client.info("cluster")
+            if info.get("cluster_enabled"):
+                raise ConfigError(
+                    "state.redis_url is a Redis Cluster node: set state.cluster: true"
+                )
+        await self._load_scripts()
+
+    def _eval(self, pipe: Pipe, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Queue a script by its SHA. Unlike redis-py's Script on a pipeline, this sends no
         SCRIPT EXISTS round trip first; the scripts are loaded at start and on reconnect."""
         pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
 
     def _mark_down(self, exc: BaseException) -> None:
         self.behind.pause()
+        if isinstance(exc, ConfigError) and str(exc) != self._misconfigured:
+            self._misconfigured = str(exc)  # logged once, not at every reconnect
+            log.error("redis state is misconfigured: %s", exc)
         if not self._down:
             self._down = True
             log.error("redis unreachable (%s): serving on local state until it is back",
@@ -140,32 +189,38 @@ class RedisState:
             if not self._down:
                 continue
             self.behind.discard(self._stale)  # a long outage must not pile up writes
-            try:
-                async with asyncio.timeout(CALL_TIMEOUT * 2):
-                    await self.client.ping()
-            except (RedisError, OSError, TimeoutError):
-                continue
             # Pooled connections from before the outage may be dead in ways the pool's
             # check does not see; drop them all so the first calls after it start fresh.
-            await self.client.connection_pool.disconnect()
+            await self._disconnect()
             try:
                 async with asyncio.timeout(CALL_TIMEOUT * 4):
-                    await self._load_scripts()  # a restarted Redis has none
-            except (RedisError, OSError, TimeoutError):
+                    await self._connect()  # a restarted Redis has no scripts
+            except TROUBLE as exc:
+                if isinstance(exc, ConfigError):
+                    self._mark_down(exc)
                 continue
             self._down = False
+            self._seen_at = -math.inf  # the view is old: the next pick reads it again
             self._rewrite()
             self.behind.resume()
             log.warning("redis is reachable again: shared state resumed")
 
+    async def _disconnect(self) -> None:
+        if isinstance(self.client, RedisCluster):
+            for node in self.client.get_nodes():
+                await node.disconnect()
+        else:
+            await self.client.connection_pool.disconnect()
+
     async def start(self) -> None:
         try:
             async with asyncio.timeout(CALL_TIMEOUT * 4):
-                await self.client.ping()
-                await self._load_scripts()
-        except (RedisError, OSError, TimeoutError) as exc:
+                await self._connect()
+        except TROUBLE as exc:
             self._mark_down(exc)
         self._watcher = asyncio.create_task(self._watch(), name="redis-state-watcher")
+        if not self._down:
+            self.behind.start()
 
     async def close(self) -> None:
         if not self._down:
@@ -181,10 +236,10 @@ class RedisState:
         """Wait until every queued write has been sent (tests, and a clean shutdown)."""
         await self.behind.flush()
 
-    def _later(self, key: Hashable, fill: Fill) -> None:
+    def _later(self, key: Hashable, fill: Fill, urgent: bool = False) -> None:
         """Writes that need no answer go behind; reads and atomic checks stay synchronous.
         While Redis is unreachable they wait, and are sent when it is back."""
-        self.behind.add(key, fill)
+        self.behind.add(key, fill, urgent)
 
     def _rewrite(self) -> None:
         """Queue all of this router's state for writing: after an outage Redis may have
@@ -201,66 +256,123 @@ class RedisState:
     # -- balancing ------------------------------------------------------------------
 
     def _write_load(self, key: str) -> Fill:
-        """This router's share of a target's load, as absolute values."""
+        """This router's share of a target's load, as absolute values, in one script."""
 
-        def fill(pipe: Pipeline) -> Callable[[], None] | None:
-            c, me = self.local.counter(key), self._me
-            usage, held = self.k(key, "usage"), self.k(key, "reserved")
-            pipe.hset(usage, me, repr(c.total))
-            pipe.expire(usage, USAGE_TTL)
-            if c.reserved > 0:
-                pipe.hset(held, me, f"{c.reserved!r} {self.clock() + self.hold!r}")
-                pipe.expire(held, int(self.hold) + 60)
-            else:
-                pipe.hdel(held, me)
-            if not self.window:
+        def fill(pipe: Pipe) -> Callable[[], None] | None:
+            c = self.local.counter(key)
+            keys = [self.k(key, "usage"), self.k(key, "reserved"), self.k(key, "win")]
+            held = repr(c.reserved) if c.reserved > 0 else ""
+            args: list[Any] = [self._me, repr(c.total), held, repr(self.clock() + self.hold),
+                               USAGE_TTL, int(self.hold) + 60, int(self.window) + 60]  # fmt: skip
+            newest = None
+            if self.window:
+                # Usage per second: only the current second's bucket still changes, so
+                # what Redis has up to the one before stays right.
+                since = self._acked.get(key, -math.inf)
+                for s, v in c.buckets:
+                    if s >= since:
+                        args += [int(s), repr(v)]
+                        newest = s
+            self._eval(pipe, "share", keys, args)
+            if newest is None:
                 return None
-            # Usage per second: only the current second's bucket still changes, so what
-            # Redis has up to the one before stays right.
-            since = self._acked.get(key, -math.inf)
-            fields = [(f"{int(s)}:{me}", repr(v)) for s, v in c.buckets if s >= since]
-            if not fields:
-                return None
-            win = self.k(key, "win")
-            pipe.hset(win, items=[x for field in fields for x in field])
-            pipe.expire(win, int(self.window) + 60)
-            newest = c.buckets[-1][0]
             return lambda: self._acked.__setitem__(key, newest)
 
         return fill
 
-    async def _read(self, keys: Sequence[str], health: bool) -> tuple[list[Usage], list[Any]]:
-        """Loads (and health) of `keys` in one round trip: the other routers' shares from
-        Redis plus this router's own from its local state, which is exact."""
+    def _queue_loads(self, pipe: Pipe, keys: Sequence[str]) -> None:
+        for key in keys:
+            keys4 = [self.k(key, kind) for kind in ("usage", "reserved", "win", "health")]
+            self._eval(pipe, "loads", keys4, [self.clock(), self.window, self._me])
+
+    async def _read(self, keys: Sequence[str]) -> list[Usage]:
+        """Loads of `keys` in one round trip: the other routers' shares from Redis plus this
+        router's own from its local state, which is exact."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                keys3 = [self.k(key, "usage"), self.k(key, "reserved"), self.k(key, "win")]
-                self._eval(pipe, "loads", keys3, [self.clock(), self.window, self._me])
-                if health:
-                    pipe.hgetall(self.k(key, "health"))
+            self._queue_loads(pipe, keys)
             out = await pipe.execute()
-        step = 2 if health else 1
         usages = []
-        for key, (u, r, t) in zip(keys, out[::step], strict=True):
+        for key, (u, r, t, _) in zip(keys, out, strict=True):
             mine = await self.local.usage(key)
             usages.append(
                 Usage(float(u) + mine.window, float(t) + mine.total, float(r) + mine.reserved)
             )
-        return usages, out[1::step] if health else []
+        return usages
+
+    # The view: what picks read.
+
+    def _reads(self, pipe: Pipe) -> Callable[[list[Any]], None] | None:
+        """Queue a refresh of the view on a write batch when one is due (WriteBehind)."""
+        now = time.monotonic()
+        if now - self._seen_at < self.refresh or not self._watched:
+            return None
+        for key, asked in list(self._watched.items()):
+            if asked < now - UNWATCHED:
+                del self._watched[key]
+                self._seen.pop(key, None)
+        keys = list(self._watched)
+        self._queue_loads(pipe, keys)
+        return self._seeing(keys, now)
+
+    def _seeing(self, keys: list[str], sent: float) -> Callable[[list[Any]], None]:
+        """What takes a refresh's replies into the view. A health change this router made
+        while the read was on its way is newer than what the read brings: it stays."""
+        changes = self._changes
+
+        def take(replies: list[Any]) -> None:
+            for key, row in zip(keys, replies, strict=True):
+                if isinstance(row, Exception):
+                    return  # the view stays as it was; its age makes a pick read again
+                u, r, _, health = row
+                if self._changed.get(key, 0) > changes and key in self._seen:
+                    self._seen[key] = (float(u) + float(r), self._seen[key][1])
+                else:
+                    self._seen[key] = (float(u) + float(r), _health(health))
+            self._seen_at = max(self._seen_at, sent)
+
+        return take
+
+    async def _look(self, keys: Sequence[str]) -> None:
+        """Refresh the view now, for a pick that found it too old or missing a target."""
+        now = time.monotonic()
+        for key in keys:
+            self._watched.setdefault(key, now)
+        watched = list(self._watched)
+        take = self._seeing(watched, now)
+        async with self.client.pipeline(transaction=False) as pipe:
+            self._queue_loads(pipe, watched)
+            take(await pipe.execute())
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
-        """Loads and health in one round trip: what a pick needs."""
+        """What a pick needs, from the view (no round trip) plus this router's own loads.
 
-        async def remote() -> tuple[list[float], list[Health]]:
-            usages, healths = await self._read(keys, True)
-            return [u.window + u.reserved for u in usages], [_health(raw) for raw in healths]
+        Other routers' changes show after at most `refresh` seconds plus their write gap
+        and two round trips; a view older than refresh + LATE is read first."""
+        if self._down:
+            return await self.local.view(keys)
+        seen = self._seen
+        now = time.monotonic()
+        if now - self._seen_at > self.refresh + LATE or any(k not in seen for k in keys):
+            await self._guard(lambda: self._look(keys), _none)
+            if self._down:
+                return await self.local.view(keys)
+        watched = self._watched
+        for key in keys:
+            watched[key] = now
+        mine = await self.local.loads(keys)
+        return [seen[k][0] + m for k, m in zip(keys, mine, strict=True)], [seen[k][1] for k in keys]
 
-        return await self._guard(remote, lambda: self.local.view(keys))
+    def _change(self, key: str, change: Callable[[Health], Health]) -> None:
+        """Apply this router's own health change to the view at once."""
+        self._changes += 1
+        self._changed[key] = self._changes
+        if key in self._seen:
+            load, h = self._seen[key]
+            self._seen[key] = (load, change(h))
 
     async def loads(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
-            usages, _ = await self._read(keys, False)
-            return [u.window + u.reserved for u in usages]
+            return [u.window + u.reserved for u in await self._read(keys)]
 
         return await self._guard(remote, lambda: self.local.loads(keys))
 
@@ -274,7 +386,7 @@ class RedisState:
 
     async def usage(self, key: str) -> Usage:
         async def remote() -> Usage:
-            [usage], _ = await self._read([key], False)
+            [usage] = await self._read([key])
             return usage
 
         return await self._guard(remote, lambda: self.local.usage(key))
@@ -293,7 +405,10 @@ class RedisState:
     async def take_probe(self, key: str, now: float, cooldown: float) -> bool:
         async def remote() -> bool:
             keys = [self.k(key, "health")]
-            return bool(await self._scripts["probe"](keys=keys, args=[now, cooldown, HEALTH_TTL]))
+            if not await self._scripts["probe"](keys=keys, args=[now, cooldown, HEALTH_TTL]):
+                return False
+            self._change(key, lambda h: breaker.take_probe(h, now, cooldown)[1])
+            return True
 
         return await self._guard(remote, lambda: self.local.take_probe(key, now, cooldown))
 
@@ -310,13 +425,16 @@ class RedisState:
         keys = [self.k(key, "health")]
 
         async def remote() -> Health:
-            return _health(await self._scripts["record"](keys=keys, args=args))
+            h = _health(await self._scripts["record"](keys=keys, args=args))
+            self._change(key, lambda _: h)
+            return h
 
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             self._eval(pipe, "record", keys, args)
 
         local = await self.local.record(key, ok, now, threshold, cooldown, started)
         if ok:  # successes are the common case: written behind (the latest one is enough)
+            self._change(key, lambda h: breaker.on_result(h, ok, now, threshold, cooldown, started))
             self._later(("success", key), fill)
             return local
         return await self._guard(remote, lambda: _value(local))
@@ -325,10 +443,11 @@ class RedisState:
         ttl = max(HEALTH_TTL, int(until - self.clock()) + 60)
         args = [until, int(rate_limited), ttl]
 
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             self._eval(pipe, "cool", [self.k(key, "health")], args)
 
         await self.local.cool(key, until, rate_limited)
+        self._change(key, lambda h: breaker.cool(h, until, rate_limited))
         self._later(("cool", key, until), fill)
 
     # -- limits ---------------------------------------------------------------------
@@ -371,7 +490,7 @@ class RedisState:
         self._later(("entry", key, entry), self._write_entry(key, entry))
 
     def _write_entry(self, key: str, entry: str) -> Fill:
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             e = self.local.entry(key, entry)
             if e is not None and e.at > self.clock() - WINDOW:  # else it has left the window
                 self._eval(pipe, "put", [self.k(key, "w")], [entry, e.at, e.amount, WINDOW])
@@ -411,7 +530,7 @@ class RedisState:
         async def remote() -> list[tuple[float, float, float]]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.eval(RECENT, 1, self.k(key, "w"), now, WINDOW, span)
+                    pipe.eval(lua.RECENT, 1, self.k(key, "w"), now, WINDOW, span)
                 rows = await pipe.execute()
             return [(float(t), float(r), float(o)) for t, r, o in rows]
 
@@ -439,11 +558,11 @@ class RedisState:
         return await self._guard(remote, lambda: self.local.latencies(keys))
 
     async def sample(self, key: str, value: float, alpha: float) -> None:
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             # EVAL with the source, not by SHA: a written-behind batch must not meet NOSCRIPT.
             # Queued under one name per EMA: samples a batch has not sent yet collapse to
             # the latest, which keeps an outage's queue bounded.
-            pipe.eval(EMA, 1, self.k(key, "ema"), value, alpha, SIGNAL_TTL)
+            pipe.eval(lua.EMA, 1, self.k(key, "ema"), value, alpha, SIGNAL_TTL)
 
         await self.local.sample(key, value, alpha)
         self._later(("ema", key), fill)
@@ -456,11 +575,11 @@ class RedisState:
         return await self._guard(remote, lambda: self.local.sticky(key))
 
     async def stick(self, key: str, value: str, ttl: float) -> None:
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             pipe.set(self.k(key, "stick"), value, px=max(1, int(ttl * 1000)))
 
         await self.local.stick(key, value, ttl)
-        self._later(("stick", key), fill)
+        self._later(("stick", key), fill, urgent=True)  # the next turn may go to another router
 
     async def hold_total(self, key: str, amount: float, limit: float) -> str | None:
         """Holds live in Redis, one entry each, so every router's count at once; they
@@ -482,14 +601,14 @@ class RedisState:
         amount = self.local.held(hold)
         await self.local.release_total(key, hold)
 
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             pipe.zrem(self.k(key, "holds"), f"{hold}:{amount!r}")
 
         if amount is not None:
             self._later(("release", hold), fill)
 
     def _write_total(self, key: str) -> Fill:
-        def fill(pipe: Pipeline) -> None:
+        def fill(pipe: Pipe) -> None:
             amount, expires = self.local.total(key)
             if expires > time.time():  # the period has not ended
                 spent = self.k(key, "spent")
@@ -501,3 +620,7 @@ class RedisState:
 
 async def _value(v: T) -> T:
     return v
+
+
+async def _none() -> None:
+    return None
