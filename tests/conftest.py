@@ -56,6 +56,21 @@ def redis_server() -> Any:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Any:
+    from tests.redis_server import RedisClusterServer
+
+    server = RedisClusterServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> Any:
+    """A single redis-server, then a 3-master Redis Cluster: tests of shared state run on both."""
+    return request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+
+
 @pytest.fixture
 def fakes_thread() -> Any:
     """A fake provider on a real port in a background loop, for subprocess routers."""

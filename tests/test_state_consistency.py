@@ -4,14 +4,13 @@ write-behind reads, and the Redis versions the README promises (a real redis-ser
 from __future__ import annotations
 
 import asyncio
-import shlex
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from router.app import create_app
 from router.balancer import Balancer
@@ -22,9 +21,10 @@ from router.state.memory import MemoryState
 from router.state.redis import RedisState
 from tests.conftest import ALICE
 from tests.fakes import config_tree, slow
-from tests.redis_server import RedisServer
+from tests.redis_server import Monitor, RedisClusterServer, RedisServer
 
 CHAT = "/v1/chat/completions"
+SERVERS = {"redis": "redis_server", "cluster": "redis_cluster"}  # fixtures by backend param
 
 
 class Clock:
@@ -37,13 +37,18 @@ class Clock:
 
 @pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
-    return f"c-{request.node.name[:40]}-{time.time_ns()}"
+    name = request.node.name.translate(str.maketrans("[]", "--"))  # no glob characters
+    return f"c-{name[:40]}-{time.time_ns()}"
 
 
 def redis_state(
-    server: RedisServer, prefix: str, clock: Callable[[], float] = time.time, hold: float = 60.0
+    server: RedisServer | RedisClusterServer,
+    prefix: str,
+    clock: Callable[[], float] = time.time,
+    hold: float = 60.0,
 ) -> RedisState:
-    return RedisState(State(backend="redis", redis_url=server.url, prefix=prefix), 0, clock, hold)
+    cfg = State(backend="redis", redis_url=server.url, prefix=prefix, cluster=server.cluster)
+    return RedisState(cfg, 0, clock, hold)
 
 
 async def written(state: StateBackend) -> None:
@@ -52,12 +57,15 @@ async def written(state: StateBackend) -> None:
         await state.flush()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def make_state(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
+    request: pytest.FixtureRequest, prefix: str
 ) -> AsyncIterator[Callable[[Callable[[], float]], Any]]:
-    """Backends of both kinds; Redis ones share one prefix, as routers sharing a Redis do."""
+    """Backends of every kind; Redis ones share one prefix, as routers sharing a Redis do."""
     made: list[StateBackend] = []
+    server = None
+    if request.param != "memory":
+        server = request.getfixturevalue(SERVERS[request.param])
 
     async def make(clock: Callable[[], float]) -> StateBackend:
         s: StateBackend
@@ -66,7 +74,7 @@ async def make_state(
                 return made[0]
             s = MemoryState(0, clock)
         else:
-            s = redis_state(redis_server, prefix, clock)
+            s = redis_state(server, prefix, clock)
         await s.start()
         made.append(s)
         return s
@@ -305,62 +313,89 @@ def _version(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split("."))
 
 
+async def exercise(server: RedisServer | RedisClusterServer, prefix: str) -> RedisState:
+    """Send every kind of command the state sends; the state, closed."""
+    clock = Clock()
+    s = redis_state(server, prefix, clock)
+    await s.start()
+    b = limited_balancer(s, clock)
+    [t] = b.targets("g")
+    for failed in (False, True):
+        picked, _ = await b.pick([t], 100)
+        assert picked is t
+        await b.finish(t, 100, 50, failed)
+    await s.cool(t.id, clock.now + 5, True)
+    await s.take("rpm:k", 1, 10, clock.now)
+    await s.windows(["rpm:k"], clock.now)
+    await s.add_total("budget:x:2026-11", 0.5, 3600)
+    await s.totals(["budget:x:2026-11"])
+    held = await s.hold_total("budget:x:2026-11", 0.25, 1.0)
+    assert held is not None
+    await s.release_total("budget:x:2026-11", held)
+    await s.hit("client-tpm:x", 100, clock.now)
+    await s.recent(["client-tpm:x"], clock.now, 10)
+    await s.sample("lat:x", 12.0, 0.2)
+    await s.latencies(["lat:x"])
+    await s.turn("rr:g")
+    await s.stick("session:x", t.id, 60)
+    await s.sticky("session:x")
+    await s.usage(t.id)
+    await s.take_probe(t.id, clock.now, 10)
+    await s.flush()
+    await s.close()
+    return s
+
+
 def test_every_command_sent_exists_in_redis_6_2(redis_server: RedisServer, prefix: str) -> None:
     """The README supports Redis 6.2: every command and option the state sends must exist
     there, by the server's own COMMAND DOCS (`since` of each command and argument)."""
-    monitor = subprocess.Popen(
-        ["redis-cli", "-p", str(redis_server.port), "monitor"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    monitor = Monitor(redis_server)
     try:
-        assert monitor.stdout is not None and monitor.stdout.readline().strip() == "OK"
-
-        async def exercise() -> None:
-            clock = Clock()
-            s = redis_state(redis_server, prefix, clock)
-            await s.start()
-            b = limited_balancer(s, clock)
-            [t] = b.targets("g")
-            for failed in (False, True):
-                picked, _ = await b.pick([t], 100)
-                assert picked is t
-                await b.finish(t, 100, 50, failed)
-            await s.cool(t.id, clock.now + 5, True)
-            await s.take("rpm:k", 1, 10, clock.now)
-            await s.windows(["rpm:k"], clock.now)
-            await s.add_total("budget:x:2026-11", 0.5, 3600)
-            await s.totals(["budget:x:2026-11"])
-            held = await s.hold_total("budget:x:2026-11", 0.25, 1.0)
-            assert held is not None
-            await s.release_total("budget:x:2026-11", held)
-            await s.hit("client-tpm:x", 100, clock.now)
-            await s.usage(t.id)
-            await s.take_probe(t.id, clock.now, 10)
-            await s.close()
-
-        asyncio.run(exercise())
-        db = redis.Redis.from_url(redis_server.url, decode_responses=True)
-        db.set_response_callback("COMMAND", lambda r, **_: r)  # the raw COMMAND DOCS reply
-        db.execute_command("ECHO", "end-of-test")
-        sent: list[list[str]] = []
-        for line in monitor.stdout:
-            if "end-of-test" in line:
-                break
-            sent.append(shlex.split(line.split("] ", 1)[1]))
-        too_new = []
-        for args in sent:
-            name = args[0].lower()
-            if name == "client" and args[1].lower() == "setinfo":
-                continue  # redis-py's own handshake; it ignores servers without it (< 7.2)
-            doc = db.execute_command("COMMAND", "DOCS", name)[name]
-            tokens = _tokens_after_6_2(doc.get("arguments", []))
-            if _version(doc["since"]) > (6, 2, 0) or tokens & {a.lower() for a in args[1:]}:
-                too_new.append(args)
-        db.close()
-        assert len(sent) > 20 and not too_new, too_new
+        asyncio.run(exercise(redis_server, prefix))
+        sent = monitor.commands()
     finally:
-        monitor.kill()
-        monitor.communicate(timeout=5)
+        monitor.close()
+    db = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    db.set_response_callback("COMMAND", lambda r, **_: r)  # the raw COMMAND DOCS reply
+    too_new = []
+    for args in sent:
+        name = args[0].lower()
+        if name == "client" and args[1].lower() in ("setinfo", "maint_notifications"):
+            continue  # redis-py's own handshake; it ignores servers without it (< 7.2)
+        doc = db.execute_command("COMMAND", "DOCS", name)[name]
+        tokens = _tokens_after_6_2(doc.get("arguments", []))
+        if _version(doc["since"]) > (6, 2, 0) or tokens & {a.lower() for a in args[1:]}:
+            too_new.append(args)
+    db.close()
+    assert len(sent) > 20 and not too_new, too_new
+
+
+def test_every_command_touches_one_slot(
+    shared_redis: RedisServer | RedisClusterServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scripts and pipelines in a Redis Cluster: each command's keys share a hash slot
+    (else CROSSSLOT), and on a real Cluster nothing is refused or sent to a wrong node."""
+    monitor = Monitor(shared_redis)
+    try:
+        state = asyncio.run(exercise(shared_redis, prefix))
+        sent = monitor.commands(scripts=False)
+    finally:
+        monitor.close()
+    keyed = 0
+    for args in sent:
+        name = args[0].upper()
+        if name in ("EVAL", "EVALSHA"):
+            keys = args[3 : 3 + int(args[2])]
+        elif name in ("PING", "INFO", "CLIENT", "SCRIPT", "HELLO", "CLUSTER", "COMMAND", "ECHO"):
+            continue  # no keys
+        else:
+            keys = args[1:2]
+        assert keys and all(k.startswith(f"{prefix}:{{") for k in keys), args
+        assert len({key_slot(k.encode()) for k in keys}) == 1, args
+        keyed += 1
+    assert keyed > 20
+    assert not state.degraded
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 def _tokens_after_6_2(arguments: list[dict[str, Any]], newer: bool = False) -> set[str]:
@@ -377,10 +412,9 @@ def _tokens_after_6_2(arguments: list[dict[str, Any]], newer: bool = False) -> s
 # -- client tpm and budget are reservations (issue 12) --------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def routers(
     request: pytest.FixtureRequest,
-    redis_server: RedisServer,
     prefix: str,
     fakes: Any,
     aiohttp_client: Any,
@@ -392,12 +426,12 @@ async def routers(
         fake.total_tokens = 1000
         fake.script.extend([slow(0.5)] * 12)  # every request is in flight at once
         extra = {}
-        if request.param == "redis":
-            extra["state"] = {"backend": "redis", "redis_url": redis_server.url, "prefix": prefix}
+        if request.param != "memory":
+            extra["state"] = request.getfixturevalue(SERVERS[request.param]).state(prefix)
         tree = config_tree([url], **extra)
         tree["groups"][0]["models"][0].update(input_cost=100, output_cost=100)  # $0.10 each
         tree["api_keys"][0].update(client_limits)
-        n = 2 if request.param == "redis" else 1
+        n = 1 if request.param == "memory" else 2
         return [await aiohttp_client(create_app(parse(tree, env={}))) for _ in range(n)]
 
     return make

@@ -14,35 +14,43 @@ import redis
 import yaml
 
 from router.app import create_app
+from router.breaker import Health
 from router.config import State, parse
 from router.keys import STATE
 from router.state.redis import RedisState
 from tests.conftest import ALICE
 from tests.fakes import RouterProcess, config_tree, status
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServer, RedisServer
 
 CHAT = "/v1/chat/completions"
 
 
-def state(url: str, prefix: str, hold: float = 60.0) -> RedisState:
-    return RedisState(State(backend="redis", redis_url=url, prefix=prefix), 0, time.time, hold)
+Server = RedisServer | RedisClusterServer
 
 
-def shared(server: RedisServer, prefix: str) -> dict[str, str]:
-    """The config's `state` section for the test's Redis and key prefix."""
-    return {"backend": "redis", "redis_url": server.url, "prefix": prefix}
+def state(server: Server, prefix: str, hold: float = 60.0) -> RedisState:
+    cfg = State(backend="redis", redis_url=server.url, prefix=prefix, cluster=server.cluster)
+    return RedisState(cfg, 0, time.time, hold)
+
+
+def sync_client(server: Server) -> redis.Redis | redis.RedisCluster:
+    """A plain client to look at what the routers stored."""
+    if server.cluster:
+        return redis.RedisCluster.from_url(server.url)
+    return redis.Redis.from_url(server.url)
 
 
 @pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
-    return f"t-{request.node.name[:40]}-{time.time_ns()}"
+    name = request.node.name.translate(str.maketrans("[]", "--"))  # no glob characters
+    return f"t-{name[:40]}-{time.time_ns()}"
 
 
 async def test_reservations_count_and_expire_on_their_own(
-    redis_server: RedisServer, prefix: str
+    shared_redis: Server, prefix: str
 ) -> None:
-    a = state(redis_server.url, prefix, hold=1.5)
-    b = state(redis_server.url, prefix, hold=1.5)
+    a = state(shared_redis, prefix, hold=1.5)
+    b = state(shared_redis, prefix, hold=1.5)
     await a.start()
     await b.start()
     await a.reserve("t1", 100)
@@ -62,9 +70,11 @@ async def test_reservations_count_and_expire_on_their_own(
 
 
 async def test_two_instances_never_both_take_the_last_unit(
-    redis_server: RedisServer, prefix: str
+    shared_redis: Server, prefix: str
 ) -> None:
-    a, b = state(redis_server.url, prefix), state(redis_server.url, prefix)
+    a, b = state(shared_redis, prefix), state(shared_redis, prefix)
+    await a.start()
+    await b.start()
     now = time.time()
     results = await asyncio.gather(
         *(s.take("rpm:k", 1, 10, now) for _ in range(20) for s in (a, b))
@@ -75,8 +85,10 @@ async def test_two_instances_never_both_take_the_last_unit(
     await b.close()
 
 
-async def test_one_half_open_probe_across_instances(redis_server: RedisServer, prefix: str) -> None:
-    a, b = state(redis_server.url, prefix), state(redis_server.url, prefix)
+async def test_one_half_open_probe_across_instances(shared_redis: Server, prefix: str) -> None:
+    a, b = state(shared_redis, prefix), state(shared_redis, prefix)
+    await a.start()
+    await b.start()
     now = time.time()
     h = await a.record("t", False, now, 1, 10)
     assert h.breaker == "open"
@@ -93,14 +105,10 @@ async def test_one_half_open_probe_across_instances(redis_server: RedisServer, p
 
 
 async def test_every_key_has_a_ttl_after_a_run(
-    redis_server: RedisServer, prefix: str, fakes: Any, aiohttp_client: Any
+    shared_redis: Server, prefix: str, fakes: Any, aiohttp_client: Any
 ) -> None:
     [(fake, url)] = await fakes(1)
-    tree = config_tree(
-        [url],
-        usage_window=60,
-        state=shared(redis_server, prefix),
-    )
+    tree = config_tree([url], usage_window=60, state=shared_redis.state(prefix))
     tree["providers"][0]["api_keys"] = [{"key": "sk-a", "rpm": 100, "tpm": 100000}, "sk-b"]
     tree["api_keys"][0].update(rpm=100, tpm=100000, budget_usd=10)
     tree["groups"][0]["models"][0].update(input_cost=1, output_cost=1)
@@ -111,13 +119,14 @@ async def test_every_key_has_a_ttl_after_a_run(
         assert r.status == 200
     r = await client.post(CHAT, json={"model": "g", "stream": True}, headers=ALICE)
     await r.read()
-    db = redis.Redis.from_url(redis_server.url)
+    await client.app[STATE].flush()
+    db = sync_client(shared_redis)
     keys = list(db.scan_iter(f"{prefix}:*"))
     kinds = {k.decode().rsplit(":", 1)[1] for k in keys}
     assert {"usage", "win", "health", "w", "spent"} <= kinds
     ttls = {k.decode(): db.ttl(k) for k in keys}
     assert all(t > 0 for t in ttls.values()), ttls
-    # A target's keys share one hash tag (one slot, should Redis Cluster be supported).
+    # A target's keys share one hash tag: one slot in a Redis Cluster.
     assert any(k.startswith(f"{prefix}:{{p0/p0#0/up-0}}:") for k in ttls)
     db.close()
 
@@ -143,10 +152,10 @@ async def _load(urls: list[str], n: int, body: dict[str, Any] | None = None) -> 
 
 
 def test_two_routers_split_tokens_by_weight_within_5_percent(
-    redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
+    shared_redis: Server, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
     fake, url, _ = fakes_thread
-    tree = config_tree([url], state=shared(redis_server, prefix))
+    tree = config_tree([url], state=shared_redis.state(prefix))
     tree["providers"][0]["api_keys"] = ["sk-a", "sk-b"]
     tree["groups"][0]["models"] = [
         {"provider": "p0", "name": "m-light", "weight": 1},
@@ -175,10 +184,10 @@ def test_two_routers_split_tokens_by_weight_within_5_percent(
 
 
 def test_client_rpm_limit_is_global_across_routers(
-    redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
+    shared_redis: Server, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
     _, url, _ = fakes_thread
-    tree = config_tree([url], state=shared(redis_server, prefix))
+    tree = config_tree([url], state=shared_redis.state(prefix))
     tree["api_keys"][0]["rpm"] = 10
     path = write_config(tmp_path, tree)
     routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
@@ -228,13 +237,13 @@ def test_redis_outage_never_hangs_a_request(fakes_thread: Any, tmp_path: Path) -
 
 
 def test_in_flight_reservations_are_seen_by_the_other_router(
-    redis_server: RedisServer, prefix: str, fakes_thread: Any, tmp_path: Path
+    shared_redis: Server, prefix: str, fakes_thread: Any, tmp_path: Path
 ) -> None:
     """With per-process state both routers would send their first request to the first key."""
     from tests.fakes import slow
 
     fake, url, _ = fakes_thread
-    tree = config_tree([url], state=shared(redis_server, prefix))
+    tree = config_tree([url], state=shared_redis.state(prefix))
     path = write_config(tmp_path, tree)
     routers = [RouterProcess(["--config", path], cwd=tmp_path) for _ in range(2)]
     fake.script.extend([slow(2.0), slow(2.0)])
@@ -265,7 +274,7 @@ async def test_no_cold_start_herd_on_redis_state(
     from tests.fakes import slow
 
     [(fake, url)] = await fakes(1)
-    state_cfg = shared(redis_server, prefix)
+    state_cfg = redis_server.state(prefix)
     client = await aiohttp_client(create_app(parse(config_tree([url], state=state_cfg), env={})))
     fake.script.extend([slow(1.0)] * 20)  # all 20 picked while the first are in flight
     replies = await asyncio.gather(
@@ -284,7 +293,7 @@ async def test_lost_scripts_are_loaded_again_without_degrading(
     redis_server: RedisServer, prefix: str
 ) -> None:
     """After a Redis restart or SCRIPT FLUSH the scripts are gone; that is not an outage."""
-    a = state(redis_server.url, prefix)
+    a = state(redis_server, prefix)
     await a.start()
     await a.reserve("t1", 100)
     await a.flush()
@@ -298,3 +307,30 @@ async def test_lost_scripts_are_loaded_again_without_degrading(
     finally:
         db.close()
         await a.close()
+
+
+async def test_a_pick_sees_other_routers_through_its_view_and_its_own_changes_at_once(
+    shared_redis: Server, prefix: str
+) -> None:
+    """view() reads no Redis once it knows a target: the background refresh brings the
+    other routers' reservations and breaker states; this router's own changes show at once."""
+    a, b = state(shared_redis, prefix), state(shared_redis, prefix)
+    await a.start()
+    await b.start()
+    try:
+        assert await b.view(["t", "u"]) == ([0.0, 0.0], [Health(), Health()])  # read: new
+        await a.reserve("t", 100)
+        now = time.time()
+        await a.record("u", False, now, 1, 30)  # opens u's breaker
+        await a.flush()
+        deadline = time.monotonic() + 5  # refresh is 0.05 s; generous on a busy machine
+        while (view := await b.view(["t", "u"]))[0][0] != 100.0 or view[1][1].breaker != "open":
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.02)
+        await b.reserve("t", 5)
+        await b.cool("t", now + 60, True)
+        loads, health = await b.view(["t"])
+        assert loads == [105.0] and health[0].cooldown_until == now + 60
+    finally:
+        await a.close()
+        await b.close()

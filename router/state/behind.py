@@ -21,9 +21,10 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 log = logging.getLogger("router.state")
 
-# What Redis trouble looks like: redis-py's Cluster client raises some errors (no node
-# for a slot, a node that is not a Cluster's) outside RedisError.
-TROUBLE = (RedisError, RedisClusterException, OSError, TimeoutError)
+# What Redis trouble looks like. redis-py's Cluster client raises some errors (no node
+# for a slot, a node that is not a Cluster's) outside RedisError, and (redis-py 8.1) an
+# AttributeError when a concurrent command's reconnect closed the connection under it.
+TROUBLE = (RedisError, RedisClusterException, OSError, TimeoutError, AttributeError)
 
 Client = aioredis.Redis | RedisCluster
 Pipe = Pipeline | ClusterPipeline

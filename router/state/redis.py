@@ -170,8 +170,10 @@ class RedisState:
 
     def _eval(self, pipe: Pipe, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Queue a script by its SHA. Unlike redis-py's Script on a pipeline, this sends no
-        SCRIPT EXISTS round trip first; the scripts are loaded at start and on reconnect."""
-        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        SCRIPT EXISTS round trip first; the scripts are loaded (on every primary of a
+        Cluster) at start and on reconnect. Through execute_command: redis-py's Cluster
+        pipeline refuses its evalsha() method, though it routes EVALSHA by its keys."""
+        pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
     def _mark_down(self, exc: BaseException) -> None:
         self.behind.pause()
