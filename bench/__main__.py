@@ -23,6 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
+from bench import balance
+
 HERE = Path(__file__).resolve().parent
 BODY = b'{"model":"bench","messages":[{"role":"user","content":"Say something short."}]}'
 STREAM_BODY = BODY[:-1] + b',"stream":true}'
@@ -295,6 +297,10 @@ def main() -> int:
             )
         for name in proxies:
             results[name]["rss"] = peak_rss_mib(procs[name].pid)
+        if "redis" in procs:  # two more routers on the same Redis: how evenly they share
+            results["balance"] = {"light": balance.light_share(
+                tmp, upstream, f"redis://127.0.0.1:{redis_port}/0", KEY, start, free_port
+            )}  # fmt: skip
     finally:
         for p in procs.values():
             p.terminate()
@@ -350,6 +356,11 @@ def main() -> int:
             print(
                 f"| {label:<30} | {mem:>9.2f} ms | {red:>9.2f} ms | {red / max(mem, 1e-6):>6.2f}x |"
             )
+        light = results["balance"]["light"]
+        print(
+            f"balance: two routers on one Redis, weights 1:3, {balance.REQUESTS} requests: the "
+            f"light target took {light:.3f} (configured 0.750, error {abs(light - 0.75):.3f})"
+        )
     if args.observability:
         q, u = results["router-quiet"], results["router-usage-log"]
         print(f"\nobservability, same run (requests/s at {args.connections} connections):")
