@@ -111,6 +111,8 @@ class RedisState:
         self._seen: dict[str, tuple[float, Health]] = {}
         self._seen_at = -math.inf
         self._watched: dict[str, float] = {}  # target -> when a pick last asked (monotonic)
+        self._looking: asyncio.Future[None] | None = None  # a pick's read of the view
+        self._looking_at: set[str] = set()  # the targets it reads
         self._changes = 0  # health changes made here, counted ...
         self._changed: dict[str, int] = {}  # ... and the count at each target's last one
         self.behind = WriteBehind(
@@ -335,14 +337,22 @@ class RedisState:
         return take
 
     async def _look(self, keys: Sequence[str]) -> None:
-        """Refresh the view now, for a pick that found it too old or missing a target."""
+        """Refresh the view now, for a pick that found it too old or missing a target.
+        Picks that arrive while a read is on its way wait for that one."""
         now = time.monotonic()
         for key in keys:
             self._watched.setdefault(key, now)
-        watched = list(self._watched)
-        take = self._seeing(watched, now)
+        look = self._looking
+        if look is None or look.done() or not self._looking_at.issuperset(keys):
+            watched = list(self._watched)
+            look = self._looking = asyncio.ensure_future(self._fetch(watched, now))
+            self._looking_at = set(watched)
+        await asyncio.shield(look)
+
+    async def _fetch(self, keys: list[str], now: float) -> None:
+        take = self._seeing(keys, now)
         async with self.client.pipeline(transaction=False) as pipe:
-            self._queue_loads(pipe, watched)
+            self._queue_loads(pipe, keys)
             take(await pipe.execute())
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
