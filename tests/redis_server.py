@@ -88,21 +88,13 @@ class RedisClusterServer:
     cluster = True
 
     def __init__(self) -> None:
-        binary, cli = redis_binary(), redis_binary("redis-cli")
+        self.binary, cli = redis_binary(), redis_binary("redis-cli")
         self.dir = tempfile.mkdtemp(prefix="llm-router-cluster-")
-        self.ports: list[int] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports = [_cluster_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * 3
         try:
-            for _ in range(3):
-                port = _cluster_port()
-                self.ports.append(port)
-                self.procs.append(subprocess.Popen(
-                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--cluster-enabled", "yes", "--dir", self.dir,
-                     "--cluster-config-file", f"nodes-{port}.conf",
-                     "--cluster-node-timeout", "5000"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                ))  # fmt: skip
+            for i in range(3):
+                self.start_node(i)
             for port in self.ports:
                 _wait_for_port(port)
             subprocess.run(
@@ -130,11 +122,27 @@ class RedisClusterServer:
                     raise RuntimeError(f"the cluster did not come up: {out}")
                 time.sleep(0.05)
 
-    def stop(self) -> None:
-        for proc in self.procs:
+    def start_node(self, i: int) -> None:
+        """Start node i (again: its nodes.conf brings it back into the cluster)."""
+        port = self.ports[i]
+        self.procs[i] = subprocess.Popen(
+            [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--cluster-enabled", "yes", "--dir", self.dir,
+             "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "5000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_for_port(port)
+
+    def stop_node(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None:
             proc.kill()
             proc.wait(10)
-        self.procs = []
+            self.procs[i] = None
+
+    def stop(self) -> None:
+        for i in range(len(self.procs)):
+            self.stop_node(i)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def state(self, prefix: str) -> dict[str, Any]:

@@ -334,3 +334,54 @@ async def test_a_pick_sees_other_routers_through_its_view_and_its_own_changes_at
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_cluster_setting_that_does_not_fit_the_server_is_named_and_degrades(
+    redis_server: RedisServer, redis_cluster: RedisClusterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    for server, cluster, message in (
+        (redis_server, True, "state.cluster is true but state.redis_url is not a Redis Cluster"),
+        (redis_cluster, False, "state.redis_url is a Redis Cluster node: set state.cluster: true"),
+    ):
+        cfg = State(backend="redis", redis_url=server.url, prefix="misfit", cluster=cluster)
+        s = RedisState(cfg, 0, time.time, 60)
+        await s.start()
+        try:
+            assert s.degraded and message in caplog.text
+            await s.reserve("t", 5)  # served on local state, never an error
+            assert await s.loads(["t"]) == [5.0]
+            assert (await s.take("rpm:k", 1, 1, time.time())).entry is not None
+        finally:
+            await s.close()
+
+
+async def test_a_cluster_node_going_away_degrades_to_local_state_and_back() -> None:
+    """A master of the Cluster dies: calls on its slots fail fast, the router serves on local
+    state (no error, no wait over the timeouts), and resumes once the node is back."""
+    server = RedisClusterServer()  # its own, since a node is killed
+    a = state(server, "node-away")
+    try:
+        await a.start()
+        keys = [f"t{i}" for i in range(12)]  # spread over the three masters' slots
+        assert await a.loads(keys) == [0.0] * 12
+        server.stop_node(1)
+        started = time.monotonic()
+        for key in keys:
+            await a.reserve(key, 10)
+        loads, _ = await a.view(keys)
+        assert loads == [10.0] * 12  # this router's own, from local state
+        assert (await a.take("rpm:k", 1, 5, time.time())).entry is not None
+        assert a.degraded and time.monotonic() - started < 5
+        server.start_node(1)
+        deadline = time.monotonic() + 20
+        while a.degraded:
+            assert time.monotonic() < deadline, "the router did not reconnect"
+            await asyncio.sleep(0.1)
+        await a.flush()  # everything written again, on every master
+        b = state(server, "node-away")
+        await b.start()
+        assert await b.loads(keys) == [10.0] * 12
+        await b.close()
+    finally:
+        await a.close()
+        server.stop()

@@ -3,7 +3,9 @@
 Keys: target ids (`provider/key-label/model`) for usage and health; free-form names for
 sliding 60 s windows (rpm/tpm per provider key and per client) and period totals (budgets).
 Writes that need no answer return before a shared backend has them; its reads still count
-every change this router made, exactly once.
+every change this router made, exactly once. view(), which every pick calls, may answer
+from a view of the other routers kept in the background (Redis: at most `state.refresh`
+seconds and a few round trips old); every other read sees what the backend has now.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class StateBackend(Protocol):
         """Windowed usage plus in-flight reservations, one number per key, in order."""
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
-        """loads() and health() together: all a pick needs to read, in one round trip."""
+        """loads() and health() together, all a pick needs to read: this router's own
+        changes exact and at once, the other routers' as of the last background refresh."""
 
     async def reserve(self, key: str, tokens: float) -> None: ...
 

@@ -17,7 +17,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("router.state")
 
@@ -25,6 +34,10 @@ log = logging.getLogger("router.state")
 # for a slot, a node that is not a Cluster's) outside RedisError, and (redis-py 8.1) an
 # AttributeError when a concurrent command's reconnect closed the connection under it.
 TROUBLE = (RedisError, RedisClusterException, OSError, TimeoutError, AttributeError)
+# Errors a pipeline may hand back per command that say Redis is away, not that it refuses
+# the write: the batch waits for Redis like any other outage.
+TRANSIENT = (ClusterError, TryAgainError, BusyLoadingError, RedisConnectionError, RedisTimeoutError,
+             OSError, TimeoutError)  # fmt: skip
 
 Client = aioredis.Redis | RedisCluster
 Pipe = Pipeline | ClusterPipeline
@@ -135,12 +148,18 @@ class WriteBehind:
             self.pause()
             self._on_error(exc)
             return
+        down = next((r for r in replies if isinstance(r, TRANSIENT)), None)
+        if down is not None:  # a node away, a Cluster not settled yet: not a refusal
+            self._again(batch)
+            self.pause()
+            self._on_error(down)
+            return
         lost_scripts = any(isinstance(r, NoScriptError) for r in replies[writes:])
         if read is not None and not lost_scripts:
             read(replies[writes:])
         start, again, lost = 0, {}, None
         for key, end, done in spans:
-            errors = [r for r in replies[start:end] if isinstance(r, ResponseError)]
+            errors = [r for r in replies[start:end] if isinstance(r, Exception)]
             start = end
             if any(isinstance(e, NoScriptError) for e in errors):
                 again[key] = batch[key]  # Redis lost its scripts (a restart, SCRIPT FLUSH)

@@ -52,6 +52,9 @@ LATE = 0.2  # seconds: a view this much older than `refresh` is read again befor
 UNWATCHED = 60.0  # seconds: a target no pick asked about for this long is not refreshed
 
 
+_UNSEEN = (0.0, Health())
+
+
 class ConfigError(RedisError):
     """The Redis at state.redis_url is not what state.cluster says it is."""
 
@@ -371,8 +374,9 @@ class RedisState:
         watched = self._watched
         for key in keys:
             watched[key] = now
+        rows = [seen.get(k, _UNSEEN) for k in keys]  # (all seen, unless Redis failed meanwhile)
         mine = await self.local.loads(keys)
-        return [seen[k][0] + m for k, m in zip(keys, mine, strict=True)], [seen[k][1] for k in keys]
+        return [r[0] + m for r, m in zip(rows, mine, strict=True)], [r[1] for r in rows]
 
     def _change(self, key: str, change: Callable[[Health], Health]) -> None:
         """Apply this router's own health change to the view at once."""
