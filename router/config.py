@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-import yaml
+from yarl import URL
 
-from router.schema import ConfigError, Reader, substitute
+from router import configfile, tls
+from router.schema import ConfigError, Reader, show, substitute
 
 ProviderType = Literal["openai", "mock"]
+PROVIDER_TYPES: tuple[ProviderType, ...] = ("openai", "mock")
 STRATEGIES = ("lowest-usage",)
+MAX_OUTPUT_TOKENS = 32768  # what a request may reserve for its reply unless a model says
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Provider:
     headers: Mapping[str, str] = field(default_factory=dict)
     latency_ms: float = 0.0  # mock only
     failure_rate: float = 0.0  # mock only
+    verify_tls: bool = True
+    ca_file: str | None = None  # a private CA's PEM bundle, trusted besides the system's
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class ModelRef:
     weight: float = 1.0
     input_cost: float = 0.0
     output_cost: float = 0.0
+    max_output_tokens: int = MAX_OUTPUT_TOKENS  # caps the reply part of a reservation
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ class Config:
     logging: Logging = Logging()
     shutdown_timeout: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
+    max_reply_bytes: int = 64 * 1024 * 1024  # a larger non-streamed upstream reply is a 502
+    read_timeout: float = 60.0  # for a client's request headers, and between body chunks
+    trust_env: bool = False  # HTTPS_PROXY / NO_PROXY / .netrc for upstream calls
     source: str = "<dict>"  # where it came from, for logs
 
     def provider(self, name: str) -> Provider:
@@ -144,16 +153,7 @@ class Config:
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    try:
-        tree = orjson.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{p}: not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}"]) from None
-    return parse(tree, env, source=str(p))
+    return parse(configfile.read(Path(path)), env, source=str(path))
 
 
 def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<dict>") -> Config:
@@ -162,14 +162,9 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     top = Reader(tree, "", errors)
     providers = tuple(_provider(path, item, errors) for path, item in top.items("providers"))
     names = [p.name for p in providers]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            errors.append(f"providers[{i}].name: duplicate provider {name!r}")
-    groups = tuple(_group(path, item, set(names), errors) for path, item in top.items("groups"))
-    gnames = [g.name for g in groups]
-    for i, name in enumerate(gnames):
-        if name in gnames[:i]:
-            errors.append(f"groups[{i}].name: duplicate group {name!r}")
+    _duplicates("providers", "provider", names, errors)
+    groups = tuple(_group(path, item, names, errors) for path, item in top.items("groups"))
+    _duplicates("groups", "group", [g.name for g in groups], errors)
     if not groups and "groups" not in top.data:
         errors.append("groups: is required")
 
@@ -180,8 +175,8 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     for path, item in top.items("api_keys"):
         c = _client_key(path, item, errors)
         if any(c.name == o.name for o in clients):
-            errors.append(f"{path}.name: duplicate client key name {c.name!r}")
-        if not c.key:
+            errors.append(f"{path}.name: duplicate client key name {show(c.name)}")
+        if not c.key and isinstance(item, Mapping):
             errors.append(f"{path}.key: must not be empty")
         clients.append(c)
 
@@ -204,6 +199,9 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         logging=_logging(top.mapping("logging")),
         shutdown_timeout=top.num("shutdown_timeout", 30.0),
         max_body_bytes=top.num("max_body_bytes", 32 * 1024 * 1024, integer=True, minimum=1),
+        max_reply_bytes=top.num("max_reply_bytes", 64 * 1024 * 1024, integer=True, minimum=1),
+        read_timeout=top.num("read_timeout", 60.0, above=True),
+        trust_env=top.flag("trust_env", False),
         source=source,
     )
     top.done()
@@ -214,6 +212,8 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     errors.extend(f"{path}: not supported by this version yet" for path, on in unbuilt if on)
     if cfg.port > 65535:
         errors.append(f"port: must be an integer from 0 to 65535, got {cfg.port}")
+    if not cfg.host or any(c.isspace() or not c.isprintable() for c in cfg.host):
+        errors.append("host: must be a host name or an IP address")
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -222,10 +222,10 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
 def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
     name = r.text("name")
-    ptype = r.text("type", "openai", choices=("openai", "mock"))
-    base_url = r.text("base_url", "" if ptype == "mock" else None)
-    if base_url and not base_url.startswith(("http://", "https://")):
-        r.fail(r.at("base_url"), f"must start with http:// or https://, got {base_url!r}")
+    ptype = r.choice("type", PROVIDER_TYPES, "openai")
+    base_url = r.text("base_url", "") if ptype == "mock" else r.text("base_url")
+    if base_url:
+        check_url(r, "base_url", base_url)
     keys: list[ProviderKey] = []
     for i, (kpath, k) in enumerate(r.items("api_keys")):
         label = f"{name}#{i}"
@@ -257,14 +257,21 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         headers=r.str_map("headers"),
         latency_ms=r.num("latency_ms", 0.0),
         failure_rate=r.num("failure_rate", 0.0),
+        verify_tls=r.flag("verify_tls", True),
+        ca_file=r.text("ca_file", None),
     )
+    check_headers(r, "headers", provider.headers)
+    if provider.ca_file is not None:
+        problem = tls.check_ca_file(provider.ca_file)
+        if problem:
+            r.fail(r.at("ca_file"), problem)
     if provider.failure_rate > 1:
         r.fail(r.at("failure_rate"), f"must be a number from 0 to 1, got {provider.failure_rate}")
     r.done()
     return provider
 
 
-def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Group:
+def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Group:
     r = Reader(item, path, errors)
     name = r.text("name")
     models: list[ModelRef] = []
@@ -276,9 +283,13 @@ def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Grou
             weight=mr.num("weight", 1.0),
             input_cost=mr.num("input_cost", 0.0),
             output_cost=mr.num("output_cost", 0.0),
+            max_output_tokens=mr.num(
+                "max_output_tokens", MAX_OUTPUT_TOKENS, integer=True, minimum=1
+            ),
         )
         if mr.ok and ref.provider and ref.provider not in providers:
-            mr.fail(mr.at("provider"), f"no provider named {ref.provider!r}")
+            known = ", ".join(providers) or "none"  # names are labels, shown everywhere
+            mr.fail(mr.at("provider"), f"no provider named {show(ref.provider)} ({known} exist)")
         mr.done()
         models.append(ref)
     if r.ok and not models and "models" in r.data:
@@ -304,7 +315,7 @@ def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
         rpm=r.num("rpm", None, integer=True, minimum=1),
         tpm=r.num("tpm", None, integer=True, minimum=1),
         budget_usd=r.num("budget_usd", None),
-        budget_period=r.text("budget_period", "day", choices=("day", "month")),
+        budget_period=r.choice("budget_period", PERIODS, "day"),
     )
     r.done()
     return key
@@ -332,7 +343,7 @@ def _breaker(r: Reader) -> Breaker:
 
 def _cache(r: Reader) -> Cache:
     out = Cache(
-        backend=r.text("backend", "none", choices=("none", "memory", "redis")),
+        backend=r.choice("backend", CACHE_BACKENDS, "none"),
         ttl=r.num("ttl", 3600.0),
         max_entries=r.num("max_entries", 10000, integer=True, minimum=1),
     )
@@ -342,10 +353,12 @@ def _cache(r: Reader) -> Cache:
 
 def _state(r: Reader) -> State:
     out = State(
-        backend=r.text("backend", "memory", choices=("memory", "redis")),
+        backend=r.choice("backend", STATE_BACKENDS, "memory"),
         redis_url=r.text("redis_url", "redis://127.0.0.1:6379/0"),
         prefix=r.text("prefix", "llm-router"),
     )
+    if not out.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        r.fail(r.at("redis_url"), "must start with redis://, rediss:// or unix://")
     r.done()
     return out
 
@@ -356,7 +369,7 @@ def _cors(r: Reader) -> Cors:
         if isinstance(o, str) and o:
             origins.append(o.rstrip("/"))
         else:
-            r.fail(path, f"must be an origin like https://app.example.com or *, got {o!r}")
+            r.fail(path, f"must be an origin like https://app.example.com or *, got {show(o)}")
     out = Cors(
         allow_origins=tuple(origins) if "allow_origins" in r.data else ("*",),
         allow_credentials=r.flag("allow_credentials", False),
@@ -378,8 +391,50 @@ def _compression(r: Reader) -> Compression:
 
 def _logging(r: Reader) -> Logging:
     out = Logging(
-        level=r.text("level", "info", choices=("debug", "info", "warning", "error")),
-        format=r.text("format", "text", choices=("text", "json")),
+        level=r.choice("level", LEVELS, "info"),
+        format=r.choice("format", FORMATS, "text"),
     )
     r.done()
     return out
+
+
+PERIODS: tuple[Literal["day", "month"], ...] = ("day", "month")
+CACHE_BACKENDS: tuple[Literal["none", "memory", "redis"], ...] = ("none", "memory", "redis")
+STATE_BACKENDS: tuple[Literal["memory", "redis"], ...] = ("memory", "redis")
+LEVELS: tuple[Literal["debug", "info", "warning", "error"], ...] = (
+    "debug",
+    "info",
+    "warning",
+    "error",
+)
+FORMATS: tuple[Literal["text", "json"], ...] = ("text", "json")
+
+
+def _duplicates(section: str, what: str, names: list[str], errors: list[str]) -> None:
+    for i, name in enumerate(names):
+        if name and name in names[:i]:
+            first = names.index(name)
+            errors.append(f"{section}[{i}].name: duplicate {what} name, as {section}[{first}]")
+
+
+def check_url(r: Reader, key: str, url: str) -> None:
+    """An http(s) URL with a host, or an error that does not repeat it (it may hold a token)."""
+    try:
+        parsed = URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        r.fail(r.at(key), "must be an http:// or https:// URL with a host")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field names
+
+
+def check_headers(r: Reader, key: str, headers: Mapping[str, str]) -> None:
+    """Header names and values a request can carry: no line breaks that would split one."""
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            r.fail(r.at(key), f"header {show(name)}: not a valid header name")
+        elif any(c in value for c in "\r\n\0"):
+            r.fail(r.at(key), f"header {show(name)}: the value must not hold line breaks or NUL")
