@@ -269,7 +269,11 @@ STARTED = web.AppKey("started", int)
 def create_app(
     config: Config, *, state: StateBackend | None = None, clock: Clock = time.time
 ) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[middleware],
+        handler_args={"auto_decompress": False},  # bodies.py inflates within max_body_bytes
+    )
     hold = max((p.timeout for p in config.providers), default=600.0) + 5
     app[STATE] = state or open_state(config.state, config.usage_window, clock, hold)
     app[LIVE] = Live(build_runtime(config, app[STATE], clock))

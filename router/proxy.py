@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router import payload
+from router import bodies, payload
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
 from router.compression import negotiate
@@ -87,7 +87,7 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 async def handle(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     runtime = request.app[LIVE].runtime
-    raw = await request.read()
+    raw = await bodies.read(request, runtime.config.max_body_bytes, runtime.config.read_timeout)
     body = payload.parse(raw)
     targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"

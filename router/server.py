@@ -19,6 +19,7 @@ from router.config import Config, load
 from router.demo import demo_config
 from router.keys import LIVE, STATE
 from router.logs import setup_logging
+from router.protocol import Runner
 from router.schema import ConfigError
 
 log = logging.getLogger("router")
@@ -28,7 +29,6 @@ _FIXED = (
     "port",
     "state",
     "cors",
-    "max_body_bytes",
     "logging",
     "usage_log",
     "usage_window",
@@ -83,8 +83,9 @@ async def run(
     config: Config, path: str | None, overrides: dict[str, Any], reuse_port: bool
 ) -> None:
     app = create_app(config)
-    runner = web.AppRunner(
+    runner = Runner(
         app,
+        read_timeout=config.read_timeout,
         handler_cancellation=True,  # a client that hangs up cancels its upstream call
         access_log=None,  # ours is written by the middleware
         shutdown_timeout=drain_budget(config.shutdown_timeout),
