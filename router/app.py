@@ -200,6 +200,7 @@ def _observe(
             "key": target.label if target else None,
             "prompt_tokens": tokens.prompt if tokens else 0,
             "completion_tokens": tokens.completion if tokens else 0,
+            "total_tokens": tokens.total if tokens else 0,
             "cost_usd": round(call.cost, 8) if call else 0.0,
             "latency_ms": round(seconds * 1000, 1),
             "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
@@ -339,9 +340,11 @@ def create_app(
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, trust_env=False)
+    config = app[LIVE].runtime.config
+    session = aiohttp.ClientSession(connector=connector, trust_env=config.trust_env)
     app[SESSION] = session
-    upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
+    http = HttpUpstream(session, config.max_reply_bytes)
+    upstreams: dict[str, Upstream] = {"openai": http, "mock": MockUpstream()}
     app[UPSTREAMS] = upstreams
     await app[STATE].start()
     tasks = [asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")]

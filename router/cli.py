@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "errors",
             "prompt_tokens",
             "completion_tokens",
+            "total_tokens",
             "cost_usd",
             "latency_ms",
         ]

@@ -91,7 +91,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     body = payload.parse(raw)
     targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    reserve = payload.estimate(raw, body, path == "/embeddings")
+    cap = max(t.model.max_output_tokens for t in targets)
+    reserve = payload.estimate(raw, body, path == "/embeddings", cap)
     client = request.get(CLIENT, ANONYMOUS)
     await runtime.limits.admit(client, reserve)
     group = str(body["model"])
@@ -337,8 +338,10 @@ async def _attempt(
             reply.close()
         if relay is not None:
             tokens = relay.outcome.tokens
-            if tokens is None:  # ended (or the client left) before the usage chunk: estimate
-                tokens = Tokens(int(call.reserve / 2), relay.outcome.events)
+            if tokens is None:  # ended (or the client left) before the usage chunk: what it
+                # relayed, estimated like a prompt, never a share of the reservation
+                prompt = payload.prompt_tokens(call.raw)
+                tokens = Tokens(prompt, relay.outcome.completion_estimate())
         used = float(tokens.total) if tokens else 0.0
         health = await balancer.finish(target, call.reserve, used, failed)
         metrics.attempt_done(target, failed, time.perf_counter() - began, health)

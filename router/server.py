@@ -33,6 +33,9 @@ _FIXED = (
     "usage_log",
     "usage_window",
     "shutdown_timeout",
+    "max_reply_bytes",
+    "trust_env",
+    "read_timeout",
 )
 
 

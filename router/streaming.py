@@ -19,7 +19,7 @@ from aiohttp.tcp_helpers import tcp_nodelay
 
 from router.compression import StreamCompressor
 from router.errors import UpstreamError, error_body
-from router.payload import Tokens, usage_tokens
+from router.payload import Tokens, text_chars, usage_tokens
 from router.upstream import Reply
 
 log = logging.getLogger("router.streaming")
@@ -35,6 +35,23 @@ class StreamOutcome:
     events: int = 0
     error: str | None = None  # why the stream ended badly, if it did
     client_gone: bool = False
+    sent: int = 0  # bytes of events passed on
+    runs: int = 0
+    sampled: tuple[int, int] = (0, 0)  # (bytes, text characters) of the runs looked into
+
+    def count(self, run: bytes) -> None:
+        """Tally a run passed on. Its generated text is counted in the first 4 KiB and one
+        run in 32 after that: enough to estimate a stream that ends without usage."""
+        self.sent += len(run)
+        self.runs += 1
+        seen, chars = self.sampled
+        if seen < 4096 or self.runs % 32 == 0:
+            self.sampled = (seen + len(run), chars + text_chars(run))
+
+    def completion_estimate(self) -> int:
+        """Tokens of the text passed on, estimated like a prompt (4 characters a token)."""
+        seen, chars = self.sampled
+        return round(self.sent * chars / seen / 4) if seen else 0
 
 
 class _Events:
@@ -163,6 +180,7 @@ class Relay:
         try:
             while run is not None:
                 if run:
+                    self.outcome.count(run)
                     data = packer.feed(run) if packer else run
                     if watchdog is not None:
                         watchdog.since = watchdog.loop.time()
