@@ -13,10 +13,10 @@ def check_ca_file(path: str) -> str | None:
     """Why `path` cannot serve as a CA bundle, or None when it can."""
     try:
         ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError:  # (an OSError too: first)
+        return "holds no PEM certificate"
     except OSError as exc:
         return f"cannot read: {exc.strerror or 'no such file'}"
-    except ssl.SSLError:
-        return "holds no PEM certificate"
     return None
 
 

@@ -42,6 +42,8 @@ class Upstream(Protocol):
 def _translate(exc: BaseException, when: str) -> UpstreamError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"timed out {when}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return UpstreamError("TLS failed (an untrusted certificate? see ca_file, verify_tls)")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(f"connect failed ({exc.os_error.strerror or 'refused'})")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
