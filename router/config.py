@@ -221,7 +221,7 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
 
 def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
-    name = r.text("name")
+    name = r.name("name")
     ptype = r.choice("type", PROVIDER_TYPES, "openai")
     base_url = r.text("base_url", "") if ptype == "mock" else r.text("base_url")
     if base_url:
@@ -236,7 +236,7 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         keys.append(
             ProviderKey(
                 secret=kr.text("key"),
-                label=kr.text("name", label),
+                label=kr.name("name", label),
                 rpm=kr.num("rpm", None, integer=True, minimum=1),
                 tpm=kr.num("tpm", None, integer=True, minimum=1),
             )
@@ -273,13 +273,13 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
 
 def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Group:
     r = Reader(item, path, errors)
-    name = r.text("name")
+    name = r.name("name")
     models: list[ModelRef] = []
     for mpath, m in r.items("models", required=True):
         mr = Reader(m, mpath, errors)
         ref = ModelRef(
             provider=mr.text("provider"),
-            name=mr.text("name"),
+            name=mr.name("name"),
             weight=mr.num("weight", 1.0),
             input_cost=mr.num("input_cost", 0.0),
             output_cost=mr.num("output_cost", 0.0),
@@ -288,7 +288,7 @@ def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Gro
             ),
         )
         if mr.ok and ref.provider and ref.provider not in providers:
-            known = ", ".join(providers) or "none"  # names are labels, shown everywhere
+            known = ", ".join(p for p in providers if p) or "none"  # labels: shown anyway
             mr.fail(mr.at("provider"), f"no provider named {show(ref.provider)} ({known} exist)")
         mr.done()
         models.append(ref)
@@ -310,7 +310,7 @@ def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Gro
 def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
     r = Reader(item, path, errors)
     key = ClientKey(
-        name=r.text("name"),
+        name=r.name("name"),
         key=r.text("key"),
         rpm=r.num("rpm", None, integer=True, minimum=1),
         tpm=r.num("tpm", None, integer=True, minimum=1),

@@ -153,6 +153,19 @@ class Reader:
             return fallback
         return v
 
+    @overload
+    def name(self, key: str, default: str = ...) -> str: ...
+    @overload
+    def name(self, key: str, default: None) -> str | None: ...
+    def name(self, key: str, default: Any = _MISSING) -> Any:
+        """A name or label: it ends up in response headers and logs, so one printable line."""
+        v = self.text(key, default)
+        given = isinstance(self.data.get(key), str)  # (else text() has said what is wrong)
+        if given and isinstance(v, str) and (not v or len(v) > 256 or not v.isprintable()):
+            self.fail(self.at(key), "must be 1 to 256 printable characters on one line")
+            return default if default is not _MISSING else ""
+        return v
+
     def choice(self, key: str, options: tuple[T, ...], default: T) -> T:
         """One of `options` (declare them as a typed tuple so the result keeps its Literal)."""
         v = self.text(key, default, choices=options)

@@ -240,3 +240,25 @@ def test_sighup_with_a_misspelt_base_url_keeps_the_old_config(
     assert code == 0 and "Traceback" not in out, out
     assert out.count("reload refused, still serving the old config") == 3
     assert "providers[0].base_url: is required" in out
+
+
+def test_names_that_would_break_a_response_header_are_refused() -> None:
+    """Found by test_generated.py: a provider named "\\n" passed, and names and key labels
+    go into x-llm-router-* response headers, where a line break fails the reply."""
+    tree = config_tree(["http://127.0.0.1:1/v1"])
+    tree["providers"][0]["name"] = "p\n"
+    tree["providers"][0]["api_keys"] = [{"key": "k", "name": "team\r\nX-Evil: 1"}]
+    tree["groups"][0]["models"][0]["name"] = "model\x00"
+    tree["groups"][0]["name"] = ""
+    tree["api_keys"][0]["name"] = "x" * 300
+    with pytest.raises(ConfigError) as info:
+        parse(tree, env={})
+    bad = "must be 1 to 256 printable characters on one line"
+    assert sorted(info.value.errors) == [
+        f"api_keys[0].name: {bad}",
+        f"groups[0].models[0].name: {bad}",
+        'groups[0].models[0].provider: no provider named "p0" (none exist)',
+        f"groups[0].name: {bad}",
+        f"providers[0].api_keys[0].name: {bad}",
+        f"providers[0].name: {bad}",
+    ]
