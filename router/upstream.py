@@ -124,9 +124,9 @@ class HttpUpstream:
         return prepared
 
     async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply:
-        headers, timeout, ssl = self._prepared(target)
+        headers, timeout, tls_context = self._prepared(target)
         url = target.provider.base_url + path
-        post = self.session.post(url, data=body, headers=headers, timeout=timeout, ssl=ssl)
+        post = self.session.post(url, data=body, headers=headers, timeout=timeout, ssl=tls_context)
         try:
             if timeout.sock_read is not None:
                 resp = await post
