@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench check eval system-deps clean
+.PHONY: run test lint bench bench-strategies check eval system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
 	  echo "wrk not installed: the bench falls back to an aiohttp load generator"
 	$(BIN)/python -m bench --observability
+	$(BIN)/python -m bench.anthropic
+
+bench-strategies: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.strategies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

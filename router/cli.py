@@ -86,17 +86,53 @@ def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str 
     return None
 
 
+# The model fields each strategy orders by, shown by `check` beside every candidate.
+_SHOWN: dict[str, tuple[str, ...]] = {
+    "priority": ("priority",),
+    "complexity": ("tier",),
+    "lowest-cost": ("prices",),
+    "lowest-usage": (),
+    "round-robin": (),
+    "lowest-latency": (),
+    "headroom": (),
+}
+
+
 def describe(config: Config) -> str:
     lines = [f"config: {config.source}", f"listen: {config.host}:{config.port}"]
     lines.append(f"client keys: {', '.join(k.name for k in config.client_keys) or 'none'}")
     for group in config.groups:
-        lines.append(f"group {group.name} ({group.strategy}):")
+        lines.append(f"group {group.name} (strategy: {group.strategy}):")
+        shown = _SHOWN.get(group.strategy, ("priority", "tier", "prices"))  # user: all
         for ref in group.models:
+            extra = ""
+            if "priority" in shown:
+                extra += f" priority={ref.priority}"
+            if "tier" in shown:
+                extra += f" tier={ref.tier}"
+            if "prices" in shown:
+                extra += f" input_cost={ref.input_cost:g} output_cost={ref.output_cost:g}"
             for key in config.provider(ref.provider).keys:
                 lines.append(
-                    f"  {ref.provider:<12} {ref.name:<28} key={key.label:<16} weight={ref.weight:g}"
+                    f"  {ref.provider:<12} {ref.name:<28} key={key.label:<16} "
+                    f"weight={ref.weight:g}{extra}"
                 )
     return "\n".join(lines)
+
+
+def warnings(config: Config) -> list[str]:
+    """Legal but probably not meant: unpriced models in a lowest-cost group."""
+    out = []
+    for i, group in enumerate(config.groups):
+        if group.strategy != "lowest-cost":
+            continue
+        for j, ref in enumerate(group.models):
+            if not ref.priced:
+                out.append(
+                    f"groups[{i}].models[{j}]: {ref.provider}/{ref.name} has no input_cost or "
+                    "output_cost, so lowest-cost counts it as free"
+                )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(exc.errors)} error(s) in {path or 'the demo config'}", file=sys.stderr)
             return 1
         print(describe(config))
+        for warning in warnings(config):
+            print(f"warning: {warning}")
         print("ok")
         return 0
 

@@ -12,12 +12,24 @@ from typing import Any, Literal
 from yarl import URL
 
 from router import configfile, tls
-from router.schema import ConfigError, Reader, show, substitute
+from router.schema import _MISSING, ConfigError, Reader, show, substitute
 
-ProviderType = Literal["openai", "mock"]
-PROVIDER_TYPES: tuple[ProviderType, ...] = ("openai", "mock")
-STRATEGIES = ("lowest-usage",)
+ProviderType = Literal["openai", "anthropic", "mock"]
+PROVIDER_TYPES: tuple[ProviderType, ...] = ("openai", "anthropic", "mock")
 MAX_OUTPUT_TOKENS = 32768  # what a request may reserve for its reply unless a model says
+Api = Literal["openai", "anthropic"]  # a wire format
+API_NAMES: tuple[Api, ...] = ("openai", "anthropic")
+ANTHROPIC_URL = "https://api.anthropic.com"
+Lane = Literal["high", "normal", "low"]
+Tier = Literal["fast", "balanced", "accurate"]
+LANES: tuple[Lane, ...] = ("high", "normal", "low")
+TIERS: tuple[Tier, ...] = ("fast", "balanced", "accurate")
+# (capacity, latency, stability) weights of the headroom score, per lane (seed route-llm's)
+HEADROOM_WEIGHTS: Mapping[str, tuple[float, float, float]] = {
+    "high": (0.5, 0.4, 0.1),
+    "normal": (0.5, 0.3, 0.2),
+    "low": (0.3, 0.1, 0.6),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Provider:
     first_byte_timeout: float = 60.0
     idle_timeout: float = 60.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    api: Api = "openai"  # the API it speaks: its type, or for a mock the `api` setting
     latency_ms: float = 0.0  # mock only
     failure_rate: float = 0.0  # mock only
     verify_tls: bool = True
@@ -52,6 +65,9 @@ class ModelRef:
     weight: float = 1.0
     input_cost: float = 0.0
     output_cost: float = 0.0
+    priority: int = 0  # strategy priority: lower numbers first
+    tier: Tier = "balanced"  # strategy complexity
+    priced: bool = False  # input_cost or output_cost was given
     max_output_tokens: int = MAX_OUTPUT_TOKENS  # caps the reply part of a reservation
 
 
@@ -61,6 +77,15 @@ class Group:
     models: tuple[ModelRef, ...]
     strategy: str = "lowest-usage"
     hedge_after: float | None = None
+    affinity_ttl: float = 3600.0
+    reserve: float = 0.0  # share of each limited key's rpm/tpm kept for high priority
+    mode: Tier = "balanced"
+    latency_probe_after: float = 60.0
+    headroom_weights: Mapping[str, tuple[float, float, float]] = field(
+        default_factory=lambda: dict(HEADROOM_WEIGHTS)
+    )
+    # The strategy's class, or a user policy object: imported (and instantiated) at load.
+    policy: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,8 @@ class ClientKey:
     tpm: int | None = None
     budget_usd: float | None = None
     budget_period: Literal["day", "month"] = "day"
+    priority: Lane | None = None  # default lane and ceiling; None: normal, may ask for any
+    groups: tuple[str, ...] | None = None  # the groups it may use; None: all
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,7 @@ class Config:
     request_penalty: float = 0.0
     error_penalty: float = 0.0
     usage_window: float = 0.0
+    predict_horizon: float = 10.0
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
     cache: Cache = Cache()
@@ -164,7 +192,8 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     names = [p.name for p in providers]
     _duplicates("providers", "provider", names, errors)
     groups = tuple(_group(path, item, names, errors) for path, item in top.items("groups"))
-    _duplicates("groups", "group", [g.name for g in groups], errors)
+    gnames = [g.name for g in groups]
+    _duplicates("groups", "group", gnames, errors)
     if not groups and "groups" not in top.data:
         errors.append("groups: is required")
 
@@ -178,6 +207,9 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
             errors.append(f"{path}.name: duplicate client key name {show(c.name)}")
         if not c.key and isinstance(item, Mapping):
             errors.append(f"{path}.key: must not be empty")
+        for j, g in enumerate(c.groups or ()):
+            if g not in gnames:
+                errors.append(f"{path}.groups[{j}]: no group named {show(g)}")
         clients.append(c)
 
     cfg = Config(
@@ -189,6 +221,7 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         request_penalty=top.num("request_penalty", 0.0),
         error_penalty=top.num("error_penalty", 0.0),
         usage_window=top.num("usage_window", 0.0),
+        predict_horizon=top.num("predict_horizon", 10.0),
         retry=_retry(top.mapping("retry")),
         breaker=_breaker(top.mapping("breaker")),
         cache=_cache(top.mapping("cache")),
@@ -223,7 +256,12 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
     name = r.name("name")
     ptype = r.choice("type", PROVIDER_TYPES, "openai")
-    base_url = r.text("base_url", "") if ptype == "mock" else r.text("base_url")
+    default_url = {"mock": "", "anthropic": ANTHROPIC_URL}.get(ptype)
+    base_url = r.text("base_url", default_url) if default_url is not None else r.text("base_url")
+    speaks: Api = "anthropic" if ptype == "anthropic" else "openai"
+    api = r.choice("api", API_NAMES, speaks)
+    if ptype != "mock" and "api" in r.data:
+        r.fail(r.at("api"), "only a type: mock provider takes api (the type says it)")
     if base_url:
         check_url(r, "base_url", base_url)
     keys: list[ProviderKey] = []
@@ -255,6 +293,7 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         first_byte_timeout=r.num("first_byte_timeout", 60.0, above=True),
         idle_timeout=r.num("idle_timeout", 60.0, above=True),
         headers=r.str_map("headers"),
+        api=api,
         latency_ms=r.num("latency_ms", 0.0),
         failure_rate=r.num("failure_rate", 0.0),
         verify_tls=r.flag("verify_tls", True),
@@ -283,6 +322,9 @@ def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Gro
             weight=mr.num("weight", 1.0),
             input_cost=mr.num("input_cost", 0.0),
             output_cost=mr.num("output_cost", 0.0),
+            priority=mr.num("priority", 0, integer=True),
+            tier=mr.choice("tier", TIERS, "balanced"),
+            priced=mr.has("input_cost") or mr.has("output_cost"),
             max_output_tokens=mr.num(
                 "max_output_tokens", MAX_OUTPUT_TOKENS, integer=True, minimum=1
             ),
@@ -295,16 +337,48 @@ def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Gro
     if r.ok and not models and "models" in r.data:
         r.fail(r.at("models"), "must list at least one model")
     strategy = r.text("strategy", "lowest-usage")
-    if strategy not in STRATEGIES:
-        r.fail(r.at("strategy"), f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    from router.policies import PolicyError, resolve  # the policies import this module
+
+    try:
+        policy = resolve(strategy)
+    except PolicyError as exc:
+        r.fail(r.at("strategy"), str(exc))
+        policy = None
+    reserve = r.num("reserve", 0.0)
+    if reserve >= 1:
+        r.fail(r.at("reserve"), f"must be a number from 0 to below 1, got {reserve:g}")
     group = Group(
         name=name,
         models=tuple(models),
         strategy=strategy,
         hedge_after=r.num("hedge_after", None, above=True),
+        affinity_ttl=r.num("affinity_ttl", 3600.0, above=True),
+        reserve=reserve,
+        mode=r.choice("mode", TIERS, "balanced"),
+        latency_probe_after=r.num("latency_probe_after", 60.0, above=True),
+        headroom_weights=_headroom_weights(r),
+        policy=policy,
     )
     r.done()
     return group
+
+
+def _headroom_weights(r: Reader) -> dict[str, tuple[float, float, float]]:
+    out = dict(HEADROOM_WEIGHTS)
+    w = r.mapping("headroom_weights")
+    for lane in LANES:
+        v = w.raw(lane)
+        if v is None or v is _MISSING:
+            continue
+        numbers = isinstance(v, list) and len(v) == 3
+        if not numbers or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in v
+        ):
+            w.fail(w.at(lane), f"must be a list of three numbers >= 0, got {show(v)}")
+            continue
+        out[lane] = (float(v[0]), float(v[1]), float(v[2]))
+    w.done()
+    return out
 
 
 def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
@@ -316,9 +390,24 @@ def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
         tpm=r.num("tpm", None, integer=True, minimum=1),
         budget_usd=r.num("budget_usd", None),
         budget_period=r.choice("budget_period", PERIODS, "day"),
+        priority=r.choice("priority", LANES, None),
+        groups=_names(r, "groups"),
     )
     r.done()
     return key
+
+
+def _names(r: Reader, key: str) -> tuple[str, ...] | None:
+    if not r.has(key):
+        r.raw(key)
+        return None
+    out = []
+    for path, v in r.items(key):
+        if isinstance(v, str) and v:
+            out.append(v)
+        else:
+            r.fail(path, f"must be a group name, got {show(v)}")
+    return tuple(out)
 
 
 def _retry(r: Reader) -> Retry:

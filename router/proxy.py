@@ -13,15 +13,16 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from router import bodies, payload
+from router import bodies, payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
 from router.compression import negotiate
+from router.config import MAX_OUTPUT_TOKENS
 from router.errors import (
     RateLimited,
     RouterError,
@@ -30,17 +31,27 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
+from router.limits import Hold
 from router.payload import Tokens
+from router.providers.http import Reply
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
-from router.upstream import Reply
+
+if TYPE_CHECKING:
+    from router.policies.route import Route
 
 log = logging.getLogger("router.proxy")
 
 # Upstream statuses worth another target: overload, outages, and a bad or revoked key.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-_PASSED_PREFIXES = ("x-ratelimit-", "openai-processing-ms", "openai-version")
-_STREAMABLE = ("/chat/completions", "/completions", "/responses")
+_PASSED_PREFIXES = (
+    "x-ratelimit-",
+    "openai-processing-ms",
+    "openai-version",
+    "anthropic-ratelimit-",
+)
+_STREAMABLE = ("/chat/completions", "/completions", "/responses", "/messages")
+_OWN_USAGE = ("/responses", "/messages")  # streams that always report usage
 
 
 @dataclass
@@ -70,9 +81,11 @@ class Call:
     ttft: float | None = None  # streams: seconds to the first event
     stream_error: str | None = None
     client_gone: bool = False  # the client left before its reply was whole
+    route: Route | None = None  # the request's options and its strategy's decisions
 
 
 CALL = web.RequestKey("call", Call)
+HOLD = web.RequestKey("hold", Hold)
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -85,18 +98,30 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _handle(request)
+    finally:  # the client's limits hold the request's estimate until it ends
+        if (hold := request.get(HOLD)) is not None:
+            await hold.release()
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     runtime = request.app[LIVE].runtime
     raw = await bodies.read(request, runtime.config.max_body_bytes, runtime.config.read_timeout)
     body = payload.parse(raw)
-    targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    cap = max(t.model.max_output_tokens for t in targets)
-    reserve = payload.estimate(raw, body, path == "/embeddings", cap)
-    client = request.get(CLIENT, ANONYMOUS)
-    await runtime.limits.admit(client, reserve)
     group = str(body["model"])
-    call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
+    client = request.get(CLIENT, ANONYMOUS)
+    cap = max((t.model.max_output_tokens for t in runtime.balancer.groups.get(group, ())),
+              default=MAX_OUTPUT_TOKENS)  # fmt: skip
+    reserve = payload.estimate(raw, body, path == "/embeddings", cap)
+    route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
+    targets = providers.serving(runtime.balancer.targets(group), path, body)
+    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
+        request[HOLD] = hold
+    stream = body.get("stream") is True
+    call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call
     encoding = None
     if runtime.config.compression.enabled:
@@ -108,10 +133,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     blocked: list[Blocked] = []
     waited = 0.0
     while len(call.attempts) < retry.attempts:
-        target, blocked = await _pick(balancer, targets, reserve, tried)
+        picked = balancer.clock()  # a result from before the breaker last opened is stale
+        target, blocked = await _pick(balancer, targets, reserve, tried, route)
         if target is None and tried:
             # Every other target is used up: try one again, after a backoff.
-            target, blocked = await _pick(balancer, targets, reserve)
+            picked = balancer.clock()
+            target, blocked = await _pick(balancer, targets, reserve, (), route)
             if target is not None:
                 delay = backoff(len(call.attempts), retry)
                 if balancer.clock() + delay > deadline:
@@ -136,16 +163,23 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # From here the attempt owns the reservation: no await comes between.
         hedge = balancer.hedge_after.get(group)
         if hedge is not None and len(call.attempts) + 1 < retry.attempts:
-            response = await _hedged(request, runtime, call, target, tried, encoding, hedge)
+            response = await _hedged(
+                request, runtime, call, (target, picked), tried, encoding, hedge
+            )
         else:
-            response = await _attempt(request, runtime, call, target, encoding)
+            response = await _attempt(request, runtime, call, target, picked, encoding)
         if response is not None:
+            await route.served(response.status, call.target)  # a session sticks to it
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
 
 async def _pick(
-    balancer: Balancer, targets: Sequence[Target], reserve: float, skip: Sequence[Target] = ()
+    balancer: Balancer,
+    targets: Sequence[Target],
+    reserve: float,
+    skip: Sequence[Target] = (),
+    route: Route | None = None,
 ) -> tuple[Target | None, list[Blocked]]:
     """A pick that a hung-up client cannot cut in half.
 
@@ -155,7 +189,7 @@ async def _pick(
     suspend, so they need none of this.
     """
     if not balancer.state.degraded and balancer.remote:
-        task = asyncio.ensure_future(balancer.pick(targets, reserve, skip))
+        task = asyncio.ensure_future(balancer.pick(targets, reserve, skip, route))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -163,7 +197,7 @@ async def _pick(
             if target is not None:
                 await balancer.release(target, reserve)
             raise
-    return await balancer.pick(targets, reserve, skip)
+    return await balancer.pick(targets, reserve, skip, route)
 
 
 class _Race:
@@ -194,7 +228,7 @@ async def _hedged(
     request: web.Request,
     runtime: Runtime,
     call: Call,
-    first: Target,
+    first: tuple[Target, float],  # and when it was picked
     tried: list[Target],
     encoding: str | None,
     hedge_after: float,
@@ -205,25 +239,26 @@ async def _hedged(
     race = _Race()
     targets: list[Target] = []
 
-    def start(target: Target) -> None:
+    def start(target: Target, picked: float) -> None:
         me = len(race.tasks)
         race.entered.append(False)
         targets.append(target)
-        coro = _attempt(request, runtime, call, target, encoding, race, me)
+        coro = _attempt(request, runtime, call, target, picked, encoding, race, me)
         race.tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
 
-    start(first)
+    start(*first)
     try:
         first_moves: set[asyncio.Future[Any]] = {race.tasks[0], race.progress}
         moved, _ = await asyncio.wait(
             first_moves, timeout=hedge_after, return_when=asyncio.FIRST_COMPLETED
         )
         if not moved:
-            group = runtime.balancer.targets(call.group)
-            second, _ = await _pick(runtime.balancer, group, call.reserve, tried)
+            group = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
+            picked = runtime.balancer.clock()
+            second, _ = await _pick(runtime.balancer, group, call.reserve, tried, call.route)
             if second is not None:
                 tried.append(second)
-                start(second)
+                start(second, picked)
         pending = set(race.tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -246,6 +281,7 @@ async def _attempt(
     runtime: Runtime,
     call: Call,
     target: Target,
+    picked: float,  # clock time of the pick that chose it
     encoding: str | None,
     race: _Race | None = None,
     me: int = 0,
@@ -262,7 +298,7 @@ async def _attempt(
     began = time.perf_counter()
     call.started += 1
     stream = call.stream and call.path in _STREAMABLE
-    add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
+    add_usage = stream and call.path not in _OWN_USAGE and not payload.wants_usage(call.body)
     out = payload.rewrite(call.raw, call.body, target.model.name, add_usage)
     tokens: Tokens | None = None
     failed: bool | None = True
@@ -270,7 +306,8 @@ async def _attempt(
     relay: Relay | None = None
     try:
         upstream = request.app[UPSTREAMS][target.provider.type]
-        reply = await upstream.send(target, call.path, out, call.stream)
+        reply = await upstream.send(target, call.path, out, call.stream, request.headers)
+        await runtime.policies.sample(target, time.perf_counter() - began)  # headers in
         if reply.status == 400 and add_usage:
             data = await reply.read()
             if b"stream_options" in data:
@@ -280,7 +317,7 @@ async def _attempt(
                 add_usage = False
                 out = payload.rewrite(call.raw, call.body, target.model.name, False)
                 call.started += 1
-                reply = await upstream.send(target, call.path, out, call.stream)
+                reply = await upstream.send(target, call.path, out, call.stream, request.headers)
         if race is not None and reply.status not in RETRYABLE:
             race.headers()
         if reply.status >= 400:
@@ -301,6 +338,7 @@ async def _attempt(
                 reply,
                 strip_usage=add_usage,
                 responses=call.path == "/responses",
+                messages=call.path == "/messages",
                 write_timeout=target.provider.idle_timeout,
             )
             first = await relay.first()
@@ -343,7 +381,7 @@ async def _attempt(
                 prompt = payload.prompt_tokens(call.raw)
                 tokens = Tokens(prompt, relay.outcome.completion_estimate())
         used = float(tokens.total) if tokens else 0.0
-        health = await balancer.finish(target, call.reserve, used, failed)
+        health = await balancer.finish(target, call.reserve, used, failed, picked)
         metrics.attempt_done(target, failed, time.perf_counter() - began, health)
         if tokens is not None:
             cost = target.cost(tokens)

@@ -166,7 +166,11 @@ class Reader:
             return default if default is not _MISSING else ""
         return v
 
-    def choice(self, key: str, options: tuple[T, ...], default: T) -> T:
+    @overload
+    def choice(self, key: str, options: tuple[T, ...], default: T) -> T: ...
+    @overload
+    def choice(self, key: str, options: tuple[T, ...], default: None) -> T | None: ...
+    def choice(self, key: str, options: tuple[T, ...], default: T | None) -> T | None:
         """One of `options` (declare them as a typed tuple so the result keeps its Literal)."""
         v = self.text(key, default, choices=options)
         return next((o for o in options if o == v), default)

@@ -20,13 +20,16 @@ from aiohttp.tcp_helpers import tcp_nodelay
 from router.compression import StreamCompressor
 from router.errors import UpstreamError, error_body
 from router.payload import Tokens, text_chars, usage_tokens
-from router.upstream import Reply
+from router.providers import anthropic
+from router.providers.http import Reply
 
 log = logging.getLogger("router.streaming")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # The Responses API's stream has no [DONE]: it ends with one of these events.
 _RESPONSES_MARK = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 _RESPONSES_END = ("response.completed", "response.incomplete")
+# Anthropic's Messages API (/v1/messages): usage in message_start/_delta, ends with message_stop.
+_MESSAGES_MARK = re.compile(rb'"type"\s*:\s*"(?:message_(?:start|delta|stop)|error)"')
 
 
 @dataclass
@@ -80,12 +83,19 @@ class _Events:
 
 class Relay:
     def __init__(
-        self, reply: Reply, *, strip_usage: bool, responses: bool, write_timeout: float = 60.0
+        self,
+        reply: Reply,
+        *,
+        strip_usage: bool,
+        responses: bool,
+        messages: bool = False,
+        write_timeout: float = 60.0,
     ) -> None:
         self.reply = reply
         self.write_timeout = write_timeout  # a client that stops reading is dropped after it
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
         self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
+        self.messages = anthropic.MessageUsage() if messages else None  # Anthropic's native API
         self.outcome = StreamOutcome()
         self._events = _Events(reply.chunks())
         self._done = False
@@ -114,6 +124,8 @@ class Relay:
 
     def _notable(self, data: bytes) -> bool:
         """Whether bytes may hold usage, an error or the end of the stream."""
+        if self.messages is not None:
+            return _MESSAGES_MARK.search(data) is not None
         if b'"usage"' in data or b'"error"' in data:
             return True
         return self.responses and _RESPONSES_MARK.search(data) is not None
@@ -124,6 +136,16 @@ class Relay:
         except orjson.JSONDecodeError:
             return True
         if not isinstance(obj, dict):
+            return True
+        if self.messages is not None:
+            kind = obj.get("type")
+            if kind == "message_stop":
+                self._done = True
+            elif kind == "error":
+                self.outcome.error = "upstream sent an error event"
+            else:  # message_start carries the prompt's usage, message_delta the running total
+                usage = obj.get("usage") or (obj.get("message") or {}).get("usage")
+                self.outcome.tokens = self.messages.update(usage)
             return True
         if self.responses:
             kind = obj.get("type")
@@ -192,8 +214,7 @@ class Relay:
                 run = await self._events.next()
                 run = self._inspect(run) if run is not None else None
             if not self.outcome.error and not self._done:
-                end = "response.completed" if self.responses else "[DONE]"
-                self.outcome.error = f"upstream stream ended before {end}"
+                self.outcome.error = f"upstream stream ended before {self._end()}"
         except UpstreamError as exc:
             self.outcome.error = exc.reason
         except ConnectionResetError:  # the client left (or was dropped); the caller closes
@@ -206,6 +227,10 @@ class Relay:
             tail = b""
             if self.outcome.error and not self._sent_error_event():
                 tail = b"data: " + _error_payload(self.outcome.error) + b"\n\n"
+                if self.messages is not None:
+                    tail = anthropic.error_event(
+                        f"The upstream stream failed: {self.outcome.error}"
+                    )
             if packer:
                 tail = packer.feed(tail) + packer.finish() if tail else packer.finish()
             async with asyncio.timeout(self.write_timeout):
@@ -229,8 +254,13 @@ class Relay:
         while not self.outcome.error and (run := await self._events.next()) is not None:
             yield self._inspect(run)
         if not self.outcome.error and not self._done:
-            end = "response.completed" if self.responses else "[DONE]"
-            self.outcome.error = f"upstream stream ended before {end}"
+            self.outcome.error = f"upstream stream ended before {self._end()}"
+
+    def _end(self) -> str:
+        """What a complete stream ends with, in the client's API."""
+        if self.messages is not None:
+            return "message_stop"
+        return "response.completed" if self.responses else "[DONE]"
 
     def _sent_error_event(self) -> bool:
         # An upstream error event was already forwarded as it came; do not add a second.

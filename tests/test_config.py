@@ -137,7 +137,7 @@ def test_bad_types_and_choices() -> None:
     tree["groups"][0]["models"] = []
     errors = errors_of(tree)
     assert 'port: must be an integer >= 0, got "eighty"' in errors
-    assert 'providers[0].type: must be one of openai, mock, got "azure"' in errors
+    assert 'providers[0].type: must be one of openai, anthropic, mock, got "azure"' in errors
     assert 'logging.format: must be one of text, json, got "xml"' in errors
     assert "groups[0].models: must list at least one model" in errors
 

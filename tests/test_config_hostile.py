@@ -44,7 +44,7 @@ def check(tmp_path: Path, text: str | bytes, name: str = "c.yaml") -> list[str]:
         ("base_url: null", ["providers[0].base_url: is required"]),
         ("base_url: 2024-01-01", ["providers[0].base_url: must be a string, got a date"]),
         ("typ: openai\n    base_url: http://x/v1", ["providers[0].typ: unknown key"]),
-        ("type: opanai\n    base_url: http://x/v1", ['must be one of openai, mock, got "opanai"']),
+        ("type: opanai\n    base_url: http://x/v1", ["one of openai, anthropic, mock, got"]),
         ("type: [openai]", ["providers[0].type: must be a string, got a list"]),
     ],
 )

@@ -445,3 +445,33 @@ async def test_a_client_that_stops_reading_is_dropped_and_its_request_settles(
         assert client.app[LIVE].runtime.balancer.targets("g")
     finally:
         sock.close()
+
+
+# -- 9 (the proxy's part). a late success cannot close a breaker opened after it started -
+
+
+async def test_a_success_from_a_call_picked_before_the_breaker_opened_cannot_close_it(
+    fakes: Any, aiohttp_client: Any
+) -> None:
+    [(f0, u0)] = await fakes(1)
+    tree = one_key(config_tree([u0], breaker={"failures": 1, "cooldown": 0.5}))
+    tree["retry"] = {"attempts": 1}
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    f0.script += [slow(2.5), status(500), slow(4.0)]
+    late = asyncio.ensure_future(client.post(CHAT, json={"model": "g"}, headers=ALICE))
+    while not f0.seen:
+        await asyncio.sleep(0.01)
+    assert (await client.post(CHAT, json={"model": "g"}, headers=ALICE)).status == 502
+    [h] = await client.app[STATE].health([P0])
+    assert h.breaker == "open"
+    await asyncio.sleep(0.7)  # past the cooldown: the next request is the one probe
+    probe = asyncio.ensure_future(client.post(CHAT, json={"model": "g"}, headers=ALICE))
+    while len(f0.seen) < 3:
+        await asyncio.sleep(0.01)
+    assert (await late).status == 200  # picked before the breaker opened...
+    [h] = await client.app[STATE].health([P0])
+    assert h.breaker == "half-open"  # ...so its success does not close it; only the probe can
+    assert (await probe).status == 200
+    [h] = await client.app[STATE].health([P0])
+    assert h.breaker == "closed"
+    await settle_down(client, P0)

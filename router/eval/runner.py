@@ -16,17 +16,16 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from router import payload
+from router import payload, providers
 from router.balancer import Balancer, Target
 from router.config import ModelRef, Provider
 from router.errors import UpstreamError
 from router.eval.prompts import Prompt
-from router.mock import MockUpstream
 from router.payload import Tokens
+from router.providers.http import Upstream
 from router.proxy import RETRYABLE
 from router.retry import cooldown_seconds
 from router.streaming import Relay
-from router.upstream import HttpUpstream, Upstream
 
 if TYPE_CHECKING:
     from router.eval.judge import Judge
@@ -36,7 +35,7 @@ PATH = "/chat/completions"
 
 def upstreams(session: aiohttp.ClientSession) -> dict[str, Upstream]:
     """Provider type -> the object that calls it: the same objects the app builds."""
-    return {"openai": HttpUpstream(session), "mock": MockUpstream()}
+    return providers.build(session)
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,7 @@ class Caller:
         target, why = await self._pick(keys, reserve, deadline)
         if target is None:
             return Answer(error=why)
+        picked = self.balancer.clock()  # no await since the pick: its time, for the breaker
         options = fields.get("stream_options")
         body = {
             **fields,
@@ -137,7 +137,7 @@ class Caller:
             if answer.latency is None:
                 answer.latency = self.clock() - sent
             used = float(answer.tokens.total) if answer.tokens else 0.0
-            await self.balancer.finish(target, reserve, used, failed)
+            await self.balancer.finish(target, reserve, used, failed, picked)
         return answer
 
     async def _pick(
@@ -157,7 +157,7 @@ class Caller:
 
     async def _send(self, target: Target, raw: bytes, answer: Answer, sent: float) -> bool | None:
         """Fill `answer`; return the verdict on the target (None: the request's fault)."""
-        reply = await self.upstreams[target.provider.type].send(target, PATH, raw, True)
+        reply = await self.upstreams[target.provider.type].send(target, PATH, raw, True, {})
         try:
             if reply.status >= 400:
                 answer.error = f"HTTP {reply.status}: {_message(await reply.read())}"

@@ -36,7 +36,14 @@ class Reply(Protocol):
 
 
 class Upstream(Protocol):
-    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply: ...
+    """A provider as the proxy sees it: the client's request in, a reply in the client's API.
+
+    `client` is the client's request headers, for the few a provider forwards.
+    """
+
+    async def send(
+        self, target: Target, path: str, body: bytes, stream: bool, client: Mapping[str, str]
+    ) -> Reply: ...
 
 
 def _translate(exc: BaseException, when: str) -> UpstreamError:
@@ -123,8 +130,16 @@ class HttpUpstream:
             prepared = self._prepared_for[target] = (headers, timeout, tls.context(p))
         return prepared
 
-    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply:
-        headers, timeout, tls_context = self._prepared(target)
+    async def send(
+        self, target: Target, path: str, body: bytes, stream: bool, client: Mapping[str, str]
+    ) -> Reply:
+        return await self.post(target, path, body, self._prepared(target)[0], stream)
+
+    async def post(
+        self, target: Target, path: str, body: bytes, headers: Mapping[str, str], stream: bool
+    ) -> Reply:
+        """The transport alone: any vendor's body and headers to base_url + path."""
+        _, timeout, tls_context = self._prepared(target)
         url = target.provider.base_url + path
         post = self.session.post(url, data=body, headers=headers, timeout=timeout, ssl=tls_context)
         try:
