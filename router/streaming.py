@@ -25,6 +25,7 @@ from router.providers.http import Reply
 
 log = logging.getLogger("router.streaming")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+MAX_EVENT_BYTES = 16 * 2**20  # one SSE event, held whole until its end arrives
 # The Responses API's stream has no [DONE]: it ends with one of these events.
 _RESPONSES_MARK = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 _RESPONSES_END = ("response.completed", "response.incomplete")
@@ -73,6 +74,8 @@ class _Events:
                 ends = list(_EVENT_END.finditer(buf))
                 end = ends[-1].end() - 2 if ends else -1
             if end < 0:
+                if len(buf) > MAX_EVENT_BYTES:  # an upstream that never ends its event
+                    raise UpstreamError(f"an SSE event larger than {MAX_EVENT_BYTES} bytes")
                 self._buf = buf
                 continue
             self._buf = buf[end + 2 :]

@@ -4,6 +4,7 @@ a capped reservation, a cut stream charged what it relayed, max_reply_bytes, tot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import yaml
+from aiohttp import web
 
 from router.app import create_app
 from router.config import parse
@@ -18,7 +20,7 @@ from router.keys import STATE, USAGE_LOG
 from router.payload import prompt_tokens
 from router.usagelog import read
 from tests.conftest import ALICE
-from tests.fakes import RouterProcess, config_tree, stream_failing
+from tests.fakes import RouterProcess, Seen, config_tree, stream_failing
 from tests.fakes_hostile import huge_reply
 from tests.test_cli import run_cli
 from tests.test_core_faults import settle_down
@@ -140,3 +142,26 @@ def test_a_reply_over_max_reply_bytes_is_a_502_naming_it_and_memory_stays_flat(
         code, out = server.stop()
     assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
     assert code == 0 and "Traceback" not in out
+
+
+async def test_a_stream_event_that_never_ends_fails_at_16_mib(
+    fakes: Any, aiohttp_client: Any
+) -> None:
+    """Noticed with max_reply_bytes: a stream whose event never ends was buffered whole."""
+    [(fake, url)] = await fakes(1)
+
+    async def endless_event(request: web.Request, seen: Seen) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(b'data: {"x": "')
+            for _ in range(40):  # 20 MiB, no blank line
+                await resp.write(b"x" * 2**19)
+        return resp
+
+    fake.script[:] = [endless_event] * 3
+    client = await aiohttp_client(create_app(parse(config_tree([url]), env={})))
+    r = await client.post(CHAT, json={"model": "g", "stream": True}, headers=ALICE)
+    assert r.status == 502
+    assert "an SSE event larger than 16777216 bytes" in (await r.json())["error"]["message"]
+    await settle_down(client, KEY_A, KEY_B)

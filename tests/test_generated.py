@@ -59,7 +59,9 @@ BASE.update(retry={"attempts": 2}, logging={"level": "info"}, cors={"allow_origi
 WORDS = ["name", "type", "base_url", "api_keys", "key", "rpm", "tpm", "models", "provider",
          "weight", "groups", "providers", "timeout", "headers", "retry", "attempts", "state",
          "backend", "redis_url", "cors", "allow_origins", "max_output_tokens", "port", "host",
-         "ca_file", "verify_tls", "trust_env", "budget_usd", "hedge_after", "<<"]  # fmt: skip
+         "ca_file", "verify_tls", "trust_env", "budget_usd", "hedge_after", "<<", "strategy",
+         "priority", "tier", "mode", "reserve", "api", "headroom_weights", "affinity_ttl",
+         "predict_horizon", "budget_period"]  # fmt: skip
 
 scalars = st.one_of(
     st.none(),
@@ -68,7 +70,8 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
     st.sampled_from([SECRET, "${UNSET_VAR}", "${PORT:-80}", "openai", "mock", "g", "p0", "",
-                     "http://x/v1", "redis://r", "2024-01-01", "\x00\r\n"]),
+                     "http://x/v1", "redis://r", "2024-01-01", "\x00\r\n", "anthropic",
+                     "priority", "headroom", "complexity", "os:system", "fast", "high"]),
 )  # fmt: skip
 keys = st.one_of(st.sampled_from(WORDS), st.text(max_size=8), st.just(SECRET), st.integers())
 values = st.recursive(
