@@ -220,12 +220,13 @@ token = st.text(alphabet=TCHAR, min_size=1, max_size=12)
 header_names = st.sampled_from(
     ["Content-Length", "Transfer-Encoding", "Content-Encoding", "Authorization", "Content-Type",
      "Accept-Encoding", "x-request-id", "Origin", "Host", "Connection", "Expect",
-     "x-llm-router-provider", "Cache-Control"]
+     "x-llm-router-provider", "Cache-Control", "x-llm-router-priority", "x-llm-router-mode",
+     "x-llm-router-session", "x-api-key", "anthropic-version"]
 ) | token  # fmt: skip
 header_values = st.sampled_from(
     ["Bearer alice-secret", "chunked", "gzip", "br", "deflate", "identity", "abc", "-1", "0",
      "99999999999999999999", "application/json", "close", "100-continue", "gzip, br;q=0",
-     "*", f"Bearer {SECRET}"]
+     "*", f"Bearer {SECRET}", "high", "fast", "alice-secret", "p0"]
 ) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20) | st.binary(
     max_size=12
 ).map(lambda b: b.decode("latin-1"))  # fmt: skip
@@ -239,7 +240,18 @@ bodies = st.sampled_from(
 def requests(draw: st.DrawFn) -> bytes:
     method = draw(st.sampled_from(["GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE"]) | token)
     path = draw(
-        st.sampled_from(["/v1/chat/completions", "/v1/models", "/health", "/status", "/v1/x"])
+        st.sampled_from(
+            [
+                "/v1/chat/completions",
+                "/v1/models",
+                "/health",
+                "/status",
+                "/v1/x",
+                "/v1/messages",
+                "/v1/embeddings",
+                "/v1/responses",
+            ]
+        )  # fmt: skip
         | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(
             lambda p: "/" + p
         )
