@@ -120,8 +120,11 @@ def prompt_tokens(raw: bytes) -> int:
     return len(raw) // 4
 
 
-# String values that carry generated text in chat, completions and Responses stream events.
-_TEXT = re.compile(rb'"(?:content|text|arguments|refusal|delta)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# String values that carry generated text in stream events: chat, completions and
+# Responses (OpenAI), text, thinking and tool input deltas (Anthropic).
+_TEXT = re.compile(
+    rb'"(?:content|text|arguments|refusal|delta|partial_json|thinking)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
 
 
 def text_chars(data: bytes) -> int:
