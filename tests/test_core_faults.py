@@ -584,3 +584,34 @@ def test_the_installed_command_finds_a_user_policy_beside_where_it_runs(tmp_path
     out = subprocess.run([str(cli), "check"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mypol.pol:First" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_probe_whose_client_left_during_backoff_frees_its_slot(
+    fakes: Any, aiohttp_client: Any, backend: str, request: Any
+) -> None:
+    [(f0, u0)] = await fakes(1)
+    tree = one_key(config_tree([u0], breaker={"failures": 1, "cooldown": 3}))
+    tree["retry"] = {"attempts": 3, "backoff": 10, "max_backoff": 10, "wait": 5}
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        tree["state"] = {"backend": "redis", "redis_url": server.url, "prefix": f"t{time.time()}"}
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    f0.script.append(status(500))
+    # The call fails and opens the breaker; the retry waits out the cooldown, takes the
+    # half-open probe, and sleeps in its backoff before sending it.
+    call = asyncio.ensure_future(client.post(CHAT, json={"model": "g"}, headers=ALICE))
+    deadline = time.monotonic() + 10
+    while (await client.app[STATE].health([P0]))[0].breaker != "half-open":
+        assert time.monotonic() < deadline, "the retry never took the probe"
+        await asyncio.sleep(0.02)
+    call.cancel()  # the client hangs up during the backoff
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    freed_by = time.time() + 1.5  # well before the probe would expire by itself (3 s)
+    while (h := (await client.app[STATE].health([P0]))[0]).until > time.time():
+        assert time.time() < freed_by, f"the probe slot was not given back: {h}"
+        await asyncio.sleep(0.02)
+    assert h.breaker == "half-open"
+    await settle_down(client, P0)
+    assert len(f0.seen) == 1
