@@ -34,7 +34,7 @@ from router.breaker import Health
 from router.config import State as StateConfig
 from router.state import WINDOW, Clock, Taken, Usage, Window
 from router.state.behind import Fill, WriteBehind
-from router.state.lua import COOL, EMA, HOLD, LOADS, PROBE, PUT, RECENT, RECORD, TAKE, WINDOWS
+from router.state.lua import COOL, EMA, FREE, HOLD, LOADS, PROBE, PUT, RECENT, RECORD, TAKE, WINDOWS
 from router.state.memory import MemoryState
 
 log = logging.getLogger("router.state")
@@ -81,7 +81,8 @@ class RedisState:
         self._scripts = {
             name: self.client.register_script(src)
             for name, src in (("loads", LOADS), ("take", TAKE), ("put", PUT), ("windows", WINDOWS),
-                              ("hold", HOLD), ("probe", PROBE), ("record", RECORD), ("cool", COOL))
+                              ("hold", HOLD), ("probe", PROBE), ("record", RECORD), ("cool", COOL),
+                              ("free", FREE))
         }  # fmt: skip
         self._ids = itertools.count()
         self._me = os.urandom(6).hex()  # this router's id: its fields and window entries
@@ -296,6 +297,13 @@ class RedisState:
             return bool(await self._scripts["probe"](keys=keys, args=[now, cooldown, HEALTH_TTL]))
 
         return await self._guard(remote, lambda: self.local.take_probe(key, now, cooldown))
+
+    async def free_probe(self, key: str, until: float, now: float) -> None:
+        async def remote() -> None:
+            await self._scripts["free"](keys=[self.k(key, "health")], args=[now, until])
+
+        await self.local.free_probe(key, until, now)
+        await self._guard(remote, lambda: self.local.free_probe(key, until, now))
 
     async def record(
         self,
