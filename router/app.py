@@ -21,6 +21,7 @@ from aiohttp import web
 from router import proxy, status
 from router.auth import ANONYMOUS, Authenticator
 from router.balancer import Balancer
+from router.cache import layer as cache
 from router.compression import compress, negotiate
 from router.config import Config
 from router.errors import (
@@ -63,6 +64,7 @@ EXPOSED = (
     "x-llm-router-attempts",
     "x-llm-router-cost",
     "x-llm-router-cache",
+    "x-llm-router-cache-similarity",
     "x-request-id",
     "retry-after",
     "x-ratelimit-limit-requests",
@@ -170,6 +172,7 @@ def _observe(
             "status": status,
             "attempts": attempts,
             "stream_error": call.stream_error if call else None,
+            "cache": request.get(cache.RESULT),
         }
     )
 
@@ -238,6 +241,7 @@ def create_app(
     if config.usage_log:
         app[USAGE_LOG] = UsageLog(config.usage_log)
     app.cleanup_ctx.append(_resources)
+    cache.setup(app, config, clock)
 
     def route(path: str, handler: Handler, *methods: str) -> None:
         resource = app.router.add_resource(path)

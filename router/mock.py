@@ -1,10 +1,12 @@
-"""The built-in `mock` provider: OpenAI-shaped echo replies with honest token counts, no network."""
+"""The built-in `mock` provider: OpenAI-shaped echo replies with honest token counts, no network.
+
+Its embeddings are character n-gram hashing vectors, so similar texts get similar vectors.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import random
 import struct
 import time
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 
 from router.balancer import Target
+from router.cache.semantic import hash_vector
 
 
 def count_tokens(text: str) -> int:
@@ -207,8 +210,8 @@ def _embeddings(req: dict[str, Any], model: str) -> bytes:
     for i, item in enumerate(items):
         text = item if isinstance(item, str) else orjson.dumps(item).decode()
         tokens += count_tokens(text)
-        seed = hashlib.sha256(text.encode()).digest()
-        vector = [round((b - 127.5) / 127.5, 6) for b in seed[:16]]
+        # The semantic cache's n-gram hashing: similar texts get similar vectors.
+        vector = [round(float(x), 6) for x in hash_vector(text)]
         embedding: Any = vector
         if req.get("encoding_format") == "base64":  # what the openai SDKs ask for by default
             embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -20,6 +20,7 @@ from aiohttp import web
 from router import payload
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
+from router.cache.layer import CACHE
 from router.compression import negotiate
 from router.errors import (
     RateLimited,
@@ -68,6 +69,7 @@ class Call:
     cost: float = 0.0
     ttft: float | None = None  # streams: seconds to the first event
     stream_error: str | None = None
+    tee: Callable[[bytes], None] | None = None  # sees each run of events sent to the client
 
 
 CALL = web.RequestKey("call", Call)
@@ -91,10 +93,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
     reserve = payload.estimate(raw, body, path == "/embeddings")
     client = request.get(CLIENT, ANONYMOUS)
-    await runtime.limits.admit(client, reserve)
     group = str(body["model"])
     call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
     request[CALL] = call
+    cache = request.app.get(CACHE)
+    if cache is not None and (cached := await cache.lookup(request, call)) is not None:
+        return cached  # before limits: a cached answer costs no one anything
+    await runtime.limits.admit(client, reserve)
     encoding = None
     if runtime.config.compression.enabled:
         encoding = negotiate(request.headers.get("Accept-Encoding", ""))
@@ -132,6 +137,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         else:
             response = await _attempt(request, runtime, call, target, encoding)
         if response is not None:
+            if cache is not None:
+                await cache.reply(request, response)
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
@@ -233,7 +240,9 @@ async def _attempt(
                 status=reply.status, body=data, headers=_headers(reply, target, call)
             )
         if stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            relay = Relay(reply, strip_usage=add_usage, responses=call.path == "/responses")
+            relay = Relay(
+                reply, strip_usage=add_usage, responses=call.path == "/responses", tee=call.tee
+            )
             first = await relay.first()
             if claim:
                 claim()

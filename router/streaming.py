@@ -8,7 +8,7 @@ can only be reported in-band: an OpenAI-shaped `data: {"error": ...}` event, nev
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -59,8 +59,16 @@ class _Events:
 
 
 class Relay:
-    def __init__(self, reply: Reply, *, strip_usage: bool, responses: bool) -> None:
+    def __init__(
+        self,
+        reply: Reply,
+        *,
+        strip_usage: bool,
+        responses: bool,
+        tee: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.reply = reply
+        self.tee = tee  # sees each run once the client has it (the response cache adds it up)
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
         self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
         self.outcome = StreamOutcome()
@@ -156,6 +164,8 @@ class Relay:
             while run is not None:
                 if run:
                     await resp.write(packer.feed(run) if packer else run)
+                    if self.tee is not None:
+                        self.tee(run)
                 if self.outcome.error:
                     break
                 run = await self._events.next()
