@@ -27,6 +27,7 @@ _FIXED = (
     "host",
     "port",
     "state",
+    "cache",
     "cors",
     "max_body_bytes",
     "logging",

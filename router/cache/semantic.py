@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from router.balancer import Target
-from router.errors import UpstreamError
+from router.errors import RouterError, UpstreamError
 from router.keys import LIVE, METRICS, UPSTREAMS
 from router.payload import read_usage
 
@@ -88,7 +88,10 @@ class GroupEmbedder:
     async def embed(self, app: web.Application, text: str) -> Vector | None:
         runtime = app[LIVE].runtime
         balancer, metrics = runtime.balancer, app[METRICS]
-        targets = balancer.targets(self.group)
+        try:
+            targets = balancer.targets(self.group)
+        except RouterError:  # gone in a reload (the cache keeps its config until a restart)
+            return None
         body = {"model": self.group, "input": text, "encoding_format": "float"}
         reserve = len(text) / 4
         tried: list[Target] = []
