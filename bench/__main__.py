@@ -65,13 +65,24 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
+def varied_body(run: str, n: int) -> bytes:
+    """A body no earlier request sent: every one is a cache miss."""
+    return BODY.replace(b"short.", f"short. {run}-{n}".encode())
+
+
+def wrk_rps(url: str, connections: int, seconds: int, auth: bool, vary: bool = False) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
         script.write(f"wrk.body = '{BODY.decode()}'\n")
         script.write('wrk.headers["Content-Type"] = "application/json"\n')
         if auth:
             script.write(f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+        if vary:
+            head, tail = varied_body(os.urandom(6).hex(), 0).decode().rsplit("-0", 1)
+            script.write(
+                f"local n = 0\nrequest = function()\n  n = n + 1\n"
+                f"  return wrk.format(nil, nil, nil, '{head}-' .. n .. '{tail}')\nend\n"
+            )
     try:
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
@@ -86,20 +97,24 @@ def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
-async def client_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
+async def client_rps(
+    url: str, connections: int, seconds: int, auth: bool, vary: bool = False
+) -> float:
     """Fallback load generator when wrk is missing (it costs more CPU than wrk)."""
     headers = {
         "Content-Type": "application/json",
         **({"Authorization": f"Bearer {KEY}"} if auth else {}),
     }
     done = 0
+    run = os.urandom(6).hex()
     stop = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
 
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < stop:
-                async with s.post(url, data=BODY, headers=headers) as r:
+                body = varied_body(run, done) if vary else BODY
+                async with s.post(url, data=body, headers=headers) as r:
                     await r.read()
                     assert r.status == 200
                     done += 1
@@ -154,6 +169,7 @@ def write_config(
     log_level: str,
     redis_url: str | None = None,
     usage_log: str | None = None,
+    cache: str = "none",
 ) -> None:
     state = {"backend": "redis", "redis_url": redis_url} if redis_url else {"backend": "memory"}
     path.write_text(
@@ -162,6 +178,7 @@ def write_config(
                 "port": port,
                 "usage_log": usage_log,
                 "state": state,
+                "cache": {"backend": cache},
                 "api_keys": [{"name": "bench", "key": KEY}],
                 "groups": [
                     {"name": "bench", "models": [{"provider": "up", "name": "bench-model"}]}
@@ -205,6 +222,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000, help="latency samples per target")
     ap.add_argument("--rounds", type=int, default=5, help="wrk runs per target, taking turns")
     ap.add_argument("--log-level", default="info", help="router log level (access log at info)")
+    ap.add_argument("--no-cache", action="store_true", help="skip the response cache scenarios")
     ap.add_argument(
         "--observability",
         action="store_true",
@@ -247,6 +265,22 @@ def main() -> int:
             procs[name] = start([*cmd, "--port", str(port)])
             urls[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", True)
             proxies.append(name)
+    varied: set[str] = set()  # rps only, each request a new body (every one a cache miss)
+    if not args.no_cache:
+        # The same router with a memory cache: the bench body again and again is a hit;
+        # new bodies are misses, measured against the router without a cache on new bodies.
+        for name, cache in (
+            ("router-cache-hit", "memory"),
+            ("router-cache-miss", "memory"),
+            ("router-new-bodies", "none"),
+        ):
+            port = free_port()
+            write_config(tmp / f"{name}.json", upstream, port, args.log_level, cache=cache)
+            cmd = ["-m", "router", "serve", "--config", str(tmp / f"{name}.json")]
+            procs[name] = start([*cmd, "--port", str(port)])
+            urls[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", True)
+            proxies.append(name)
+        varied |= {"router-cache-miss", "router-new-bodies"}
     redis_bin = shutil.which("redis-server")
     if redis_bin:  # the same router with its state in Redis, measured in the same run
         redis_port, rr_port = free_port(), free_port()
@@ -274,19 +308,21 @@ def main() -> int:
         for _ in range(args.rounds):  # short runs, taking turns: ratios per round
             for name in proxies:
                 url, auth = urls[name]
+                vary = name in varied
                 if use_wrk:
-                    rps = wrk_rps(url, args.connections, args.seconds, auth)
+                    rps = wrk_rps(url, args.connections, args.seconds, auth, vary)
                 else:
-                    rps = asyncio.run(client_rps(url, args.connections, args.seconds, auth))
+                    rps = asyncio.run(client_rps(url, args.connections, args.seconds, auth, vary))
                 rounds[name].append(rps)
         for name in proxies:
             results[name]["rps"] = statistics.median(rounds[name])
             results[name]["ratio"] = statistics.median(
                 ours / bare for ours, bare in zip(rounds[name], rounds["bare"], strict=True)
             )
-        lat = asyncio.run(paired_latencies(urls, args.requests, False))
-        ttfb = asyncio.run(paired_latencies(urls, args.requests // 2, True))
-        for name in urls:
+        timed = {k: v for k, v in urls.items() if k not in varied}
+        lat = asyncio.run(paired_latencies(timed, args.requests, False))
+        ttfb = asyncio.run(paired_latencies(timed, args.requests // 2, True))
+        for name in timed:
             results[name].update(
                 p50=pct(lat[name], 0.5), p99=pct(lat[name], 0.99), ttfb=pct(ttfb[name], 0.5)
             )
@@ -347,6 +383,22 @@ def main() -> int:
             print(
                 f"| {label:<30} | {mem:>9.2f} ms | {red:>9.2f} ms | {red / max(mem, 1e-6):>6.2f}x |"
             )
+    if not args.no_cache:
+        hit, miss, fresh = (results[k] for k in ("router-cache-hit", "router-cache-miss",
+                                                 "router-new-bodies"))  # fmt: skip
+        print(
+            f"\nresponse cache (memory), same run (requests/s at {args.connections} connections):"
+        )
+        print(
+            f"  every request a hit: {hit['rps']:.0f} ({hit['ratio']:.2f}x the bare proxy, "
+            f"{hit['ratio'] / r['ratio']:.2f}x the router without a cache); added p50 "
+            f"{(hit['p50'] - d['p50']) * 1000:.2f} ms, stream TTFB "
+            f"{(hit['ttfb'] - d['ttfb']) * 1000:.2f} ms"
+        )
+        print(
+            f"  every request a miss: {miss['rps']:.0f}, without a cache on the same new "
+            f"bodies: {fresh['rps']:.0f} ({miss['ratio'] / fresh['ratio']:.2f}x)"
+        )
     if args.observability:
         q, u = results["router-quiet"], results["router-usage-log"]
         print(f"\nobservability, same run (requests/s at {args.connections} connections):")
