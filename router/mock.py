@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 from router.balancer import Target
-from router.cache.semantic import hash_vector
 
 
 def count_tokens(text: str) -> int:
@@ -202,6 +201,8 @@ def _stream(
 
 
 def _embeddings(req: dict[str, Any], model: str) -> bytes:
+    from router.cache.semantic import hash_vector  # numpy is loaded only when used
+
     inputs = req.get("input", "")
     # A list of strings or of token arrays is a batch; one token array is a single input.
     batch = isinstance(inputs, list) and not all(isinstance(x, int) for x in inputs)

@@ -286,6 +286,7 @@ async def test_hits_are_free_under_client_limits_and_logged(
     assert [line["cache"] for line in lines] == ["miss", "hit", "hit", "hit", "miss", "bypass"]
     hit = lines[1]
     assert (hit["cost_usd"], hit["attempts"], hit["key"], hit["status"]) == (0, 0, None, 200)
+    assert hit["prompt_tokens"] == hit["completion_tokens"] == 0 and hit["provider"] is None
     metrics = await (await client.get("/metrics")).text()
     assert 'llm_router_cache_requests_total{group="g",result="hit"} 3.0' in metrics
     assert 'llm_router_cache_requests_total{group="g",result="bypass"} 1.0' in metrics
@@ -351,6 +352,8 @@ async def test_when_the_first_fails_the_waiting_ones_go_on_their_own(
     replies = await asyncio.gather(*(post(client, chat()) for _ in range(20)))
     codes = sorted(code for code, _, _ in replies)
     assert codes == [200] * 19 + [502]
+    [failed] = [headers for code, headers, _ in replies if code == 502]
+    assert failed["x-llm-router-cache"] == "miss"  # errors of a cached path say so too
     # The failed first one let the others go; one of them called upstream for all.
     assert len(fake.seen) == 2
     state = await status_of(client)

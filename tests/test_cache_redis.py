@@ -141,3 +141,31 @@ async def test_a_dead_redis_makes_misses_not_errors(fakes: Any, router: Any) -> 
         assert found
     finally:
         server.stop()
+
+
+async def test_a_redis_that_never_answers_costs_a_request_at_most_its_budget() -> None:
+    """A hung Redis (it accepts, then says nothing): the read gives up within the 250 ms."""
+    from router.cache.redis import RedisCache
+
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await done.wait()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cache = RedisCache(f"redis://127.0.0.1:{port}/0", "hung", 60)
+    try:
+        began = time.monotonic()
+        assert await cache.get("k" * 64, 0.25) is None
+        assert time.monotonic() - began < 1.0  # 0.25 s, with room for a busy machine
+        began = time.monotonic()
+        assert await cache.get("k" * 64, 0.25) is None  # then it stays away for a second
+        assert time.monotonic() - began < 0.05
+    finally:
+        await cache.close()
+        done.set()
+        server.close()
+        await server.wait_closed()

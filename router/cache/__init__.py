@@ -82,7 +82,7 @@ class Backend(Protocol):
 
     async def size(self) -> int: ...
 
-    async def start(self, on_vector: Callable[[bytes, float], None]) -> None:
+    async def start(self, on_vector: Callable[[bytes, float], None] | None) -> None:
         """Begin background work; `on_vector(record, stored_at)` for every shared vector."""
 
     async def close(self) -> None: ...

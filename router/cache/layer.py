@@ -14,20 +14,19 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import orjson
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from router.cache import PATHS, Backend, Entry, cache_key, encode, family_key, open_backend
 from router.cache.replay import Assembler, replay
-from router.cache.semantic import Index, Vector, conversation, open_embedder
 from router.config import Config
 from router.errors import BadRequest
 from router.keys import METRICS
 from router.payload import wants_usage
 
 if TYPE_CHECKING:
+    from router.cache.semantic import Semantic, Vector
     from router.proxy import Call
 
 log = logging.getLogger("router.cache")
@@ -84,10 +83,12 @@ class Cache:
         self.backend: Backend = open_backend(config, clock)
         groups = self.config.groups
         self.groups = None if "*" in groups else frozenset(groups)
-        semantic = self.config.semantic
-        self.embedder = open_embedder(semantic.embedder) if semantic else None
-        self.threshold = semantic.threshold if semantic else 1.0
-        self.index = Index(self.config.max_entries, clock)
+        self.semantic: Semantic | None = None
+        if (s := self.config.semantic) is not None:
+            from router.cache.semantic import Semantic  # numpy is loaded only when used
+
+            self.semantic = Semantic(s.embedder, s.threshold, self.config.max_entries,
+                                     self.config.ttl, clock)  # fmt: skip
         self.flights: dict[str, asyncio.Future[Entry | None]] = {}
         self.stats = Stats()
         self._writes: set[asyncio.Task[None]] = set()
@@ -104,7 +105,7 @@ class Cache:
             return None
         scope = call.client if self.config.scope == "client" else "*"
         key = cache_key(call.path, call.group, scope, call.body)
-        semantic = self.embedder is not None and call.path == "/chat/completions"
+        semantic = self.semantic is not None and call.path == "/chat/completions"
         family = family_key(call.path, call.group, scope, call.body) if semantic else None
         ticket = Ticket(key, family, call)
         deadline = time.monotonic() + BUDGET
@@ -185,30 +186,23 @@ class Cache:
     # -- semantic -------------------------------------------------------------------
 
     async def _vector(self, app: web.Application, ticket: Ticket) -> Vector | None:
-        if ticket.vector is None and self.embedder is not None:
-            text = conversation(ticket.call.body.get("messages"))
-            ticket.vector = await self.embedder.embed(app, text)
+        if ticket.vector is None and self.semantic is not None:
+            ticket.vector = await self.semantic.vector(app, ticket.call.body.get("messages"))
         return ticket.vector
 
     async def _similar(
         self, app: web.Application, ticket: Ticket, deadline: float
     ) -> tuple[Entry, float] | None:
-        assert ticket.family is not None
+        assert ticket.family is not None and self.semantic is not None
         vector = await self._vector(app, ticket)
-        best = self.index.best(ticket.family, vector) if vector is not None else None
-        if best is None or best[1] < self.threshold:
+        found = self.semantic.nearest(ticket.family, vector) if vector is not None else None
+        if found is None:
             return None
-        entry = await self.backend.get(best[0], deadline - time.monotonic())
+        entry = await self.backend.get(found[0], deadline - time.monotonic())
         if entry is None:  # expired or evicted since it was indexed
-            self.index.drop(ticket.family, best[0])
+            self.semantic.forget(ticket.family, found[0])
             return None
-        return entry, best[1]
-
-    def _shared(self, member: bytes, stored: float) -> None:
-        """A vector record from the backend (another router's, or our own)."""
-        key, family = member[:64].decode(), member[64:128].decode()
-        vector: Vector = np.frombuffer(member[128:], dtype=np.float32).copy()
-        self.index.add(family, key, vector, stored + self.config.ttl)
+        return entry, found[1]
 
     # -- storing --------------------------------------------------------------------
 
@@ -255,12 +249,10 @@ class Cache:
         if entry is None or len(encode(entry)) > self.config.max_entry_bytes:
             return
         shared = None
-        if ticket.family is not None:
+        if ticket.family is not None and self.semantic is not None:
             vector = await self._vector(app, ticket)
             if vector is not None:
-                expires = self.clock() + self.config.ttl
-                self.index.add(ticket.family, ticket.key, vector, expires)
-                shared = ticket.key.encode() + ticket.family.encode() + vector.tobytes()
+                shared = self.semantic.add(ticket.family, ticket.key, vector)
         await self.backend.put(ticket.key, entry, shared)
 
     # -- observability and lifetime -------------------------------------------------
@@ -279,7 +271,7 @@ class Cache:
         }
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
-        await self.backend.start(self._shared)
+        await self.backend.start(self.semantic.shared if self.semantic else None)
         try:
             yield
         finally:

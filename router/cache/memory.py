@@ -40,7 +40,7 @@ class MemoryCache:
         now = self.clock()
         return sum(1 for _, expires in self._items.values() if expires > now)
 
-    async def start(self, on_vector: Callable[[bytes, float], None]) -> None:
+    async def start(self, on_vector: Callable[[bytes, float], None] | None) -> None:
         pass
 
     async def close(self) -> None:

@@ -106,8 +106,9 @@ class RedisCache:
             self._trouble(exc)
             return 0
 
-    async def start(self, on_vector: Callable[[bytes, float], None]) -> None:
-        self._poller = asyncio.create_task(self._poll(on_vector), name="cache-vector-poller")
+    async def start(self, on_vector: Callable[[bytes, float], None] | None) -> None:
+        if on_vector is not None:  # a semantic cache: other routers' vectors come this way
+            self._poller = asyncio.create_task(self._poll(on_vector), name="cache-vector-poller")
 
     async def _poll(self, on_vector: Callable[[bytes, float], None]) -> None:
         """Feeds vectors stored by any router (this one included) into the local index."""

@@ -140,6 +140,43 @@ def open_embedder(name: str) -> Embedder:
     return HashingEmbedder() if name == "hashing" else GroupEmbedder(name)
 
 
+class Semantic:
+    """The cache's semantic side: embeds conversations, keeps the index, and packs vectors
+    into records other routers read (key, family, then float32 components)."""
+
+    def __init__(
+        self, embedder: str, threshold: float, max_entries: int, ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.embedder = open_embedder(embedder)
+        self.threshold = threshold
+        self.ttl = ttl
+        self.clock = clock
+        self.index = Index(max_entries, clock)
+
+    async def vector(self, app: web.Application, messages: Any) -> Vector | None:
+        return await self.embedder.embed(app, conversation(messages))
+
+    def nearest(self, family: str, vector: Vector) -> tuple[str, float] | None:
+        """The most similar entry's key and similarity, when it reaches the threshold."""
+        best = self.index.best(family, vector)
+        return best if best is not None and best[1] >= self.threshold else None
+
+    def forget(self, family: str, key: str) -> None:
+        self.index.drop(family, key)
+
+    def add(self, family: str, key: str, vector: Vector) -> bytes:
+        """Index a stored entry; the record for other routers."""
+        self.index.add(family, key, vector, self.clock() + self.ttl)
+        return key.encode() + family.encode() + vector.astype(np.float32).tobytes()
+
+    def shared(self, record: bytes, stored: float) -> None:
+        """A record from the backend (another router's, or our own)."""
+        key, family = record[:64].decode(), record[64:128].decode()
+        vector = np.frombuffer(record[128:], dtype=np.float32).copy()
+        self.index.add(family, key, vector, stored + self.ttl)
+
+
 @dataclass
 class _Family:
     keys: list[str]
