@@ -70,7 +70,9 @@ def varied_body(run: str, n: int) -> bytes:
     return BODY.replace(b"short.", f"short. {run}-{n}".encode())
 
 
-def wrk_rps(url: str, connections: int, seconds: int, auth: bool, vary: bool = False) -> float:
+def wrk_start(
+    url: str, connections: int, seconds: int, auth: bool, vary: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
         script.write(f"wrk.body = '{BODY.decode()}'\n")
@@ -83,18 +85,23 @@ def wrk_rps(url: str, connections: int, seconds: int, auth: bool, vary: bool = F
                 f"local n = 0\nrequest = function()\n  n = n + 1\n"
                 f"  return wrk.format(nil, nil, nil, '{head}-' .. n .. '{tail}')\nend\n"
             )
-    try:
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(script.name)
-    if "Non-2xx" in out:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True), script.name
+
+
+def wrk_rps(url: str, connections: int, seconds: int, auth: bool, vary: bool = False) -> float:
+    proc, script = wrk_start(url, connections, seconds, auth, vary)
+    out, _ = proc.communicate()
+    os.unlink(script)
+    if proc.returncode or "Non-2xx" in out:
         raise SystemExit(f"errors under load:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def client_rps(
@@ -303,19 +310,26 @@ def main() -> int:
     use_wrk = shutil.which("wrk") is not None
     results: dict[str, dict[str, float]] = {k: {} for k in urls}
     rounds: dict[str, list[float]] = {k: [] for k in proxies}
+    cpu_us: dict[str, list[float]] = {k: [] for k in proxies}
     try:
         asyncio.run(paired_latencies({k: urls[k] for k in proxies}, 150, False))  # warm up
         for _ in range(args.rounds):  # short runs, taking turns: ratios per round
             for name in proxies:
                 url, auth = urls[name]
+                cpu = cpu_seconds(procs[name].pid)
                 vary = name in varied
                 if use_wrk:
                     rps = wrk_rps(url, args.connections, args.seconds, auth, vary)
                 else:
                     rps = asyncio.run(client_rps(url, args.connections, args.seconds, auth, vary))
                 rounds[name].append(rps)
+                # CPU per request is steadier than requests/s on a busy machine.
+                cpu_us[name].append(
+                    (cpu_seconds(procs[name].pid) - cpu) / (rps * args.seconds) * 1e6
+                )
         for name in proxies:
             results[name]["rps"] = statistics.median(rounds[name])
+            results[name]["cpu_us"] = statistics.median(cpu_us[name])
             results[name]["ratio"] = statistics.median(
                 ours / bare for ours, bare in zip(rounds[name], rounds["bare"], strict=True)
             )
@@ -396,8 +410,14 @@ def main() -> int:
             f"{(hit['ttfb'] - d['ttfb']) * 1000:.2f} ms"
         )
         print(
-            f"  every request a miss: {miss['rps']:.0f}, without a cache on the same new "
-            f"bodies: {fresh['rps']:.0f} ({miss['ratio'] / fresh['ratio']:.2f}x)"
+            f"  every request a miss: {miss['rps']:.0f}, without a cache on the same kind of "
+            f"new bodies: {fresh['rps']:.0f} ({miss['ratio'] / fresh['ratio']:.2f}x)"
+        )
+        print(
+            f"  router CPU per request: no cache {r['cpu_us']:.0f} us, hit {hit['cpu_us']:.0f} "
+            f"us ({hit['cpu_us'] / r['cpu_us']:.2f}x); new bodies: no cache "
+            f"{fresh['cpu_us']:.0f} us, miss {miss['cpu_us']:.0f} us "
+            f"({miss['cpu_us'] / fresh['cpu_us']:.3f}x)"
         )
     if args.observability:
         q, u = results["router-quiet"], results["router-usage-log"]

@@ -122,6 +122,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             # Answered without an upstream call: /v1/models, or refused (auth, bad JSON,
             # unknown model, client limits). Every API reply says how many calls it took.
             response.headers["x-llm-router-attempts"] = str(call.started) if call else "0"
+        if call is not None and call.cache is not None:  # a cached path of a cached group
+            response.headers.setdefault("x-llm-router-cache", call.cache.result)
         if isinstance(response, web.Response):
             _maybe_compress(request, response, runtime.config)
     seconds = time.perf_counter() - started
@@ -172,7 +174,7 @@ def _observe(
             "status": status,
             "attempts": attempts,
             "stream_error": call.stream_error if call else None,
-            "cache": request.get(cache.RESULT),
+            "cache": call.cache.result if call and call.cache else None,
         }
     )
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from router import payload
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
-from router.cache.layer import CACHE
+from router.cache.layer import CACHE, Ticket
 from router.compression import negotiate
 from router.errors import (
     RateLimited,
@@ -70,6 +70,7 @@ class Call:
     ttft: float | None = None  # streams: seconds to the first event
     stream_error: str | None = None
     tee: Callable[[bytes], None] | None = None  # sees each run of events sent to the client
+    cache: Ticket | None = None  # the response cache's dealings with it
 
 
 CALL = web.RequestKey("call", Call)
@@ -138,7 +139,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             response = await _attempt(request, runtime, call, target, encoding)
         if response is not None:
             if cache is not None:
-                await cache.reply(request, response)
+                await cache.reply(call, response)
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
@@ -328,6 +329,8 @@ def _headers(reply: Reply, target: Target, call: Call) -> dict[str, str]:
     headers["x-llm-router-model"] = target.model.name
     headers["x-llm-router-key"] = target.label
     headers["x-llm-router-attempts"] = str(call.started)
+    if call.cache is not None:
+        headers["x-llm-router-cache"] = call.cache.result
     return headers
 
 

@@ -10,8 +10,7 @@ import hashlib
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -24,8 +23,7 @@ VOLATILE = frozenset({"stream", "stream_options", "user"})
 _NOT_SEMANTIC = VOLATILE | {"messages"}
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: one is made for every miss
     body: bytes  # the JSON reply a plain request gets (a stream's: the completion it added up to)
     provider: str  # where it came from, for the hit's headers
     model: str
@@ -33,7 +31,7 @@ class Entry:
 
 
 def encode(entry: Entry, compress: bool = False) -> bytes:
-    """Metadata line, then the body; its length is what `max_entry_bytes` bounds."""
+    """A metadata line, then the body (whose length is what `max_entry_bytes` bounds)."""
     meta = orjson.dumps({"provider": entry.provider, "model": entry.model, "cost": entry.cost})
     data = meta + b"\n" + entry.body
     return zlib.compress(data, 6) if compress else data
@@ -51,24 +49,21 @@ def decode(raw: bytes) -> Entry | None:
         return None
 
 
-def _digest(path: str, group: str, scope: str, body: dict[str, Any], drop: frozenset[str]) -> str:
-    canonical = orjson.dumps(
-        {k: v for k, v in body.items() if k not in drop}, option=orjson.OPT_SORT_KEYS
-    )
-    h = hashlib.sha256(f"{path}\n{group}\n{scope}\n".encode())
-    h.update(canonical)
-    return h.hexdigest()
-
-
-def cache_key(path: str, group: str, scope: str, body: dict[str, Any]) -> str:
+def cache_key(
+    path: str, group: str, scope: str, body: dict[str, Any], drop: frozenset[str] = VOLATILE
+) -> str:
     """SHA-256 of the path, group, scope and the body as canonical JSON (sorted keys)
     without `stream`, `stream_options` and `user`: a streamed and a plain twin share it."""
-    return _digest(path, group, scope, body, VOLATILE)
+    if not drop.isdisjoint(body):  # most bodies have none of them: no copy then
+        body = {k: v for k, v in body.items() if k not in drop}
+    h = hashlib.sha256(f"{path}\n{group}\n{scope}\n".encode())
+    h.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    return h.hexdigest()
 
 
 def family_key(path: str, group: str, scope: str, body: dict[str, Any]) -> str:
     """The same without `messages`: semantic neighbours must agree on everything else."""
-    return _digest(path, group, scope, body, _NOT_SEMANTIC)
+    return cache_key(path, group, scope, body, _NOT_SEMANTIC)
 
 
 class Backend(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,7 +19,8 @@ import orjson
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from router.cache import PATHS, Backend, Entry, cache_key, encode, family_key, open_backend
+from router.cache import PATHS, Backend, Entry, cache_key, family_key, open_backend
+from router.cache.memory import MemoryCache
 from router.cache.replay import Assembler, replay
 from router.config import Config
 from router.errors import BadRequest
@@ -36,29 +38,32 @@ RESULTS = ("hit", "semantic", "coalesced", "miss", "bypass")
 Mode = Literal["read", "refresh", "bypass"]
 
 
-@dataclass
+@dataclass(slots=True)
+class Flight:
+    """A miss in progress that identical requests wait for instead of calling upstream."""
+
+    leader: asyncio.Task[Any]  # the first request's own task: done once its reply is sent
+    reply: asyncio.Future[Entry | None]  # what its reply came to, once it is complete
+
+
+@dataclass(slots=True)
 class Ticket:
     """One request's dealings with the cache, from lookup to the end of its reply."""
 
     key: str
     family: str | None  # semantic: the key without `messages`
-    call: Call
+    group: str
+    messages: Any = None  # semantic: what is embedded
+    result: str = "miss"  # hit, semantic, coalesced, miss or bypass: what answered it
     vector: Vector | None = None
-    flight: asyncio.Future[Entry | None] | None = None  # set while it leads identical ones
+    flight: Flight | None = None  # set while it leads identical ones
     assembler: Assembler | None = None
-    entry: Entry | None = None  # what the reply came to, when it is storable
 
 
 @dataclass
 class Stats:
     requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (group, result)
     saved: dict[str, float] = field(default_factory=dict)  # group -> USD
-
-    def count(self, group: str, result: str, saved: float = 0.0) -> None:
-        key = (group, result)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        if saved or group not in self.saved:
-            self.saved[group] = self.saved.get(group, 0.0) + saved
 
     def total(self, result: str) -> int:
         return sum(n for (_, r), n in self.requests.items() if r == result)
@@ -77,10 +82,15 @@ class Stats:
 
 
 class Cache:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, app: web.Application, config: Config, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.app = app  # a group embedder calls through the app's own router
         self.config = config.cache
         self.clock = clock
         self.backend: Backend = open_backend(config, clock)
+        # The memory backend is called directly: no coroutine per lookup and store.
+        self.local = self.backend if isinstance(self.backend, MemoryCache) else None
         groups = self.config.groups
         self.groups = None if "*" in groups else frozenset(groups)
         self.semantic: Semantic | None = None
@@ -89,7 +99,7 @@ class Cache:
 
             self.semantic = Semantic(s.embedder, s.threshold, self.config.max_entries,
                                      self.config.ttl, clock)  # fmt: skip
-        self.flights: dict[str, asyncio.Future[Entry | None]] = {}
+        self.flights: dict[str, Flight] = {}
         self.stats = Stats()
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -99,77 +109,102 @@ class Cache:
         """An answer from the cache, or None to route the request (as a miss or bypass)."""
         if call.path not in PATHS or (self.groups is not None and call.group not in self.groups):
             return None
-        mode = _mode(request.headers)
+        headers = request.headers
+        mode: Mode = "read"
+        if "x-llm-router-cache" in headers or "Cache-Control" in headers:
+            mode = _mode(headers)
         if mode == "bypass":
-            self._result(request, call, "bypass")
+            call.cache = Ticket("", None, call.group)
+            self._count(call.cache, "bypass")
             return None
         scope = call.client if self.config.scope == "client" else "*"
         key = cache_key(call.path, call.group, scope, call.body)
         semantic = self.semantic is not None and call.path == "/chat/completions"
         family = family_key(call.path, call.group, scope, call.body) if semantic else None
-        ticket = Ticket(key, family, call)
+        # (A ticket never points back at its call: no cycle for the garbage collector.)
+        ticket = call.cache = Ticket(key, family, call.group)
+        if semantic:
+            ticket.messages = call.body.get("messages")
         deadline = time.monotonic() + BUDGET
+        flight = None
         while mode == "read":
-            entry = await self.backend.get(key, deadline - time.monotonic())
+            if self.local is not None:
+                entry = self.local.get_now(key)
+            else:
+                entry = await self.backend.get(key, deadline - time.monotonic())
             if entry is not None:
-                return self._answer(request, call, entry, "hit")
+                return self._answer(call, ticket, entry, "hit")
             if family is not None:
-                found = await self._similar(request.app, ticket, deadline)
+                found = await self._similar(ticket, deadline)
                 if found is not None:
-                    return self._answer(request, call, found[0], "semantic", found[1])
-            flight = self.flights.get(key) if self.config.coalesce else None
+                    return self._answer(call, ticket, found[0], "semantic", found[1])
+            flight = self._flight(key) if self.config.coalesce else None
             if flight is None:
                 break
-            entry = await asyncio.shield(flight)
+            # Waiting does not cancel the first one if this client leaves.
+            await asyncio.wait((flight.reply, flight.leader), return_when=FIRST_COMPLETED)
+            entry = flight.reply.result() if flight.reply.done() else None
             if entry is not None:
-                return self._answer(request, call, entry, "coalesced")
+                return self._answer(call, ticket, entry, "coalesced")
             # The first one ended without a storable reply: go on as if just arrived.
-        if self.config.coalesce and key not in self.flights:
-            ticket.flight = self.flights[key] = asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        if mode != "read" and self.config.coalesce:
+            flight = self._flight(key)
+        if self.config.coalesce and task is not None and flight is None:
+            if len(self.flights) >= 64:  # forget the ones that ended badly and were not asked for
+                for k in [k for k, f in self.flights.items() if f.leader.done()]:
+                    del self.flights[k]
+            future = asyncio.get_running_loop().create_future()
+            ticket.flight = self.flights[key] = Flight(task, future)
         if call.stream and call.path != "/embeddings":
             ticket.assembler = Assembler(chat=call.path == "/chat/completions")
             call.tee = ticket.assembler.feed
-        self._result(request, call, "miss")
-        request[TICKET] = ticket
-        task = asyncio.current_task()
-        if task is not None:  # the request's own task: it ends once the reply is sent
-            task.add_done_callback(lambda _: self._release(request.app, ticket))
+        self._count(ticket, "miss")
         return None
 
-    async def reply(self, request: web.Request, response: web.StreamResponse) -> None:
+    def _flight(self, key: str) -> Flight | None:
+        """The identical request in flight, if there is one still going."""
+        flight = self.flights.get(key)
+        if flight is not None and flight.leader.done() and not flight.reply.done():
+            del self.flights[key]  # it ended without a storable reply
+            return None
+        return flight
+
+    async def reply(self, call: Call, response: web.StreamResponse) -> None:
         """The finished reply of a miss: what it came to, for the waiting ones and to store."""
-        ticket = request.get(TICKET)
-        if ticket is None or response.status != 200 or ticket.call.target is None:
+        ticket = call.cache
+        if ticket is None or ticket.result != "miss" or response.status != 200:
             return
-        entry = self._entry(ticket, response)
+        entry = self._entry(call, ticket, response)
         if entry is None:
             return
-        ticket.entry = entry
-        if ticket.flight is not None and not ticket.flight.done():
-            ticket.flight.set_result(entry)  # the waiting ones are answered at once
-        if not self.backend.remote and (ticket.family is None or ticket.vector is not None):
-            await self._store(request.app, ticket)  # memory: in place, nothing to wait for
-            ticket.entry = None
+        if ticket.flight is not None:
+            ticket.flight.reply.set_result(entry)  # the waiting ones are answered at once
+        if len(entry.body) > self.config.max_entry_bytes:
+            self._landed(ticket)
+            return
+        if ticket.family is None and self.local is not None:
+            self.local.put_now(ticket.key, entry)  # memory: in place, nothing to wait for
+            self._landed(ticket)
+            return
+        task = asyncio.current_task()
+        if task is not None:  # Redis, or a vector to make: once the reply has been sent
+            task.add_done_callback(lambda _: self._later(ticket, entry))
 
     # -- answers --------------------------------------------------------------------
 
     def _answer(
-        self,
-        request: web.Request,
-        call: Call,
-        entry: Entry,
-        result: str,
-        similarity: float | None = None,
+        self, call: Call, ticket: Ticket, entry: Entry, result: str, sim: float | None = None
     ) -> web.Response:
-        self._result(request, call, result, entry.cost)
+        self._count(ticket, result, entry.cost)
         headers = {
             "x-llm-router-provider": entry.provider,
             "x-llm-router-model": entry.model,
             "x-llm-router-attempts": "0",
             "x-llm-router-cache": result,
         }
-        if similarity is not None:
-            headers["x-llm-router-cache-similarity"] = f"{similarity:.4f}"
+        if sim is not None:
+            headers["x-llm-router-cache-similarity"] = f"{sim:.4f}"
         if call.stream and call.path != "/embeddings":
             headers["Content-Type"] = "text/event-stream"
             headers["Cache-Control"] = "no-cache"
@@ -179,22 +214,24 @@ class Cache:
         headers["x-llm-router-cost"] = "0.000000"
         return web.Response(body=entry.body, headers=headers)
 
-    def _result(self, request: web.Request, call: Call, result: str, saved: float = 0.0) -> None:
-        request[RESULT] = result
-        self.stats.count(call.group, result, saved)
+    def _count(self, ticket: Ticket, result: str, saved: float = 0.0) -> None:
+        ticket.result = result
+        group, stats = ticket.group, self.stats
+        key = (group, result)
+        stats.requests[key] = stats.requests.get(key, 0) + 1
+        if saved or group not in stats.saved:  # a series from the first request, at 0
+            stats.saved[group] = stats.saved.get(group, 0.0) + saved
 
     # -- semantic -------------------------------------------------------------------
 
-    async def _vector(self, app: web.Application, ticket: Ticket) -> Vector | None:
+    async def _vector(self, ticket: Ticket) -> Vector | None:
         if ticket.vector is None and self.semantic is not None:
-            ticket.vector = await self.semantic.vector(app, ticket.call.body.get("messages"))
+            ticket.vector = await self.semantic.vector(self.app, ticket.messages)
         return ticket.vector
 
-    async def _similar(
-        self, app: web.Application, ticket: Ticket, deadline: float
-    ) -> tuple[Entry, float] | None:
+    async def _similar(self, ticket: Ticket, deadline: float) -> tuple[Entry, float] | None:
         assert ticket.family is not None and self.semantic is not None
-        vector = await self._vector(app, ticket)
+        vector = await self._vector(ticket)
         found = self.semantic.nearest(ticket.family, vector) if vector is not None else None
         if found is None:
             return None
@@ -206,9 +243,7 @@ class Cache:
 
     # -- storing --------------------------------------------------------------------
 
-    def _entry(self, ticket: Ticket, response: web.StreamResponse) -> Entry | None:
-        call = ticket.call
-        assert call.target is not None
+    def _entry(self, call: Call, ticket: Ticket, response: web.StreamResponse) -> Entry | None:
         if ticket.assembler is not None:
             a = ticket.assembler
             if not a.done or a.broken or call.stream_error:
@@ -220,40 +255,34 @@ class Cache:
                          "total_tokens": t.total}  # fmt: skip
             body = orjson.dumps(a.completion(usage))
         else:
-            if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            raw = response.body if isinstance(response, web.Response) else None
+            if not isinstance(raw, bytes) or not _completion(raw):
                 return None
-            body = response.body
-            try:
-                obj = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                return None
-            if not isinstance(obj, dict) or obj.get("error") is not None:
-                return None
-        return Entry(body, call.target.provider.name, call.target.model.name, call.cost)
+            body = raw
+        target = call.target
+        assert target is not None
+        return Entry(body, target.provider.name, target.model.name, call.cost)
 
-    def _release(self, app: web.Application, ticket: Ticket) -> None:
-        """The request is over (answered, failed or abandoned): free the waiting ones, store."""
-        flight = ticket.flight
-        if flight is not None:
-            if not flight.done():
-                flight.set_result(None)  # each waiter goes on as if it had just arrived
-            if self.flights.get(ticket.key) is flight:
-                del self.flights[ticket.key]
-        if ticket.entry is not None:
-            task = asyncio.create_task(self._store(app, ticket), name="cache-write")
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+    def _landed(self, ticket: Ticket) -> None:
+        """Stored (or not storable): later identical requests no longer need to wait."""
+        if ticket.flight is not None and self.flights.get(ticket.key) is ticket.flight:
+            del self.flights[ticket.key]
 
-    async def _store(self, app: web.Application, ticket: Ticket) -> None:
-        entry = ticket.entry
-        if entry is None or len(encode(entry)) > self.config.max_entry_bytes:
-            return
+    def _later(self, ticket: Ticket, entry: Entry) -> None:
+        task = asyncio.create_task(self._store(ticket, entry), name="cache-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, ticket: Ticket, entry: Entry) -> None:
         shared = None
         if ticket.family is not None and self.semantic is not None:
-            vector = await self._vector(app, ticket)
+            vector = await self._vector(ticket)
             if vector is not None:
                 shared = self.semantic.add(ticket.family, ticket.key, vector)
-        await self.backend.put(ticket.key, entry, shared)
+        try:
+            await self.backend.put(ticket.key, entry, shared)
+        finally:
+            self._landed(ticket)
 
     # -- observability and lifetime -------------------------------------------------
 
@@ -278,6 +307,15 @@ class Cache:
             if self._writes:
                 await asyncio.wait(self._writes, timeout=5)
             await self.backend.close()
+
+
+def _completion(body: bytes) -> bool:
+    """A 200 body that is a reply, not an error: a JSON object without an `error`."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("error") is None
 
 
 def _mode(headers: Mapping[str, str]) -> Mode:
@@ -305,8 +343,6 @@ def _mode(headers: Mapping[str, str]) -> Mode:
     return mode
 
 
-TICKET = web.RequestKey("cache_ticket", Ticket)
-RESULT = web.RequestKey("cache_result", str)  # hit, semantic, coalesced, miss or bypass
 CACHE = web.AppKey("cache", Cache)
 
 
@@ -322,13 +358,6 @@ def setup(app: web.Application, config: Config, clock: Callable[[], float] = tim
     """Give the app its cache (when configured): metrics, the reply header, its lifetime."""
     if config.cache.backend == "none":
         return
-    cache = app[CACHE] = Cache(config, clock)
+    cache = app[CACHE] = Cache(app, config, clock)
     app[METRICS].registry.register(_Collector(cache.stats))
     app.cleanup_ctx.append(cache.context)
-
-    async def mark(request: web.Request, response: web.StreamResponse) -> None:
-        result = request.get(RESULT)
-        if result is not None:  # every reply of a cached path of a cached group says which
-            response.headers.setdefault("x-llm-router-cache", result)
-
-    app.on_response_prepare.append(mark)

@@ -21,6 +21,12 @@ class MemoryCache:
         self._items: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
 
     async def get(self, key: str, budget: float) -> Entry | None:
+        return self.get_now(key)
+
+    async def put(self, key: str, entry: Entry, shared: bytes | None = None) -> None:
+        self.put_now(key, entry)
+
+    def get_now(self, key: str) -> Entry | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -30,7 +36,7 @@ class MemoryCache:
         self._items.move_to_end(key)
         return item[0]
 
-    async def put(self, key: str, entry: Entry, shared: bytes | None = None) -> None:
+    def put_now(self, key: str, entry: Entry) -> None:
         self._items[key] = (entry, self.clock() + self.ttl)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
