@@ -358,3 +358,21 @@ async def test_when_the_first_fails_the_waiting_ones_go_on_their_own(
     assert len(fake.seen) == 2
     state = await status_of(client)
     assert all(t["reserved"] == 0 and t["in_flight"] == 0 for t in state["targets"])
+
+
+async def test_when_the_first_ones_client_leaves_the_waiting_ones_go_on(
+    cached: tuple[FakeProvider, TestClient[Any, Any]],
+) -> None:
+    fake, client = cached
+    fake.gate = asyncio.Event()  # the first stream stalls after its first event
+    first = await client.post("/v1/chat/completions", json=chat(stream=True), headers=ALICE)
+    await first.content.readuntil(b"\n\n")
+    waiter = asyncio.create_task(post(client, chat()))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()  # it waits for the first one
+    first.close()  # that client hangs up mid-stream: nothing to store, nothing to hand on
+    code, headers, body = await asyncio.wait_for(waiter, 10)
+    assert code == 200 and headers["x-llm-router-cache"] == "miss" and len(fake.seen) == 2
+    fake.gate.set()
+    _, headers, _ = await post(client, chat(stream=True))
+    assert headers["x-llm-router-cache"] == "hit"  # the waiter's own reply was stored
