@@ -43,7 +43,8 @@ class Flight:
     """A miss in progress that identical requests wait for instead of calling upstream."""
 
     leader: asyncio.Task[Any]  # the first request's own task: done once its reply is sent
-    reply: asyncio.Future[Entry | None]  # what its reply came to, once it is complete
+    entry: Entry | None = None  # what its reply came to, once it is complete
+    reply: asyncio.Future[None] | None = None  # made by the first one to wait, set with entry
 
 
 @dataclass(slots=True)
@@ -125,8 +126,8 @@ class Cache:
         ticket = call.cache = Ticket(key, family, call.group)
         if semantic:
             ticket.messages = call.body.get("messages")
-        deadline = time.monotonic() + BUDGET
-        flight = None
+        deadline = time.monotonic() + BUDGET if self.local is None else 0.0
+        coalesce = self.config.coalesce
         while mode == "read":
             if self.local is not None:
                 entry = self.local.get_now(key)
@@ -138,34 +139,39 @@ class Cache:
                 found = await self._similar(ticket, deadline)
                 if found is not None:
                     return self._answer(call, ticket, found[0], "semantic", found[1])
-            flight = self._flight(key) if self.config.coalesce else None
-            if flight is None:
+            if not coalesce or key not in self.flights:
                 break
-            # Waiting does not cancel the first one if this client leaves.
-            await asyncio.wait((flight.reply, flight.leader), return_when=FIRST_COMPLETED)
-            entry = flight.reply.result() if flight.reply.done() else None
+            entry = await self._wait(key)
             if entry is not None:
                 return self._answer(call, ticket, entry, "coalesced")
             # The first one ended without a storable reply: go on as if just arrived.
         task = asyncio.current_task()
-        if mode != "read" and self.config.coalesce:
-            flight = self._flight(key)
-        if self.config.coalesce and task is not None and flight is None:
+        if coalesce and task is not None and self._flight(key) is None:
             if len(self.flights) >= 64:  # forget the ones that ended badly and were not asked for
                 for k in [k for k, f in self.flights.items() if f.leader.done()]:
                     del self.flights[k]
-            future = asyncio.get_running_loop().create_future()
-            ticket.flight = self.flights[key] = Flight(task, future)
+            ticket.flight = self.flights[key] = Flight(task)
         if call.stream and call.path != "/embeddings":
             ticket.assembler = Assembler(chat=call.path == "/chat/completions")
             call.tee = ticket.assembler.feed
         self._count(ticket, "miss")
         return None
 
+    async def _wait(self, key: str) -> Entry | None:
+        """Wait for the identical request in flight; its entry, or None if it had none."""
+        flight = self._flight(key)
+        if flight is None or flight.entry is not None:
+            return flight.entry if flight is not None else None
+        if flight.reply is None:
+            flight.reply = asyncio.get_running_loop().create_future()
+        # Waiting does not cancel the first one if this client leaves.
+        await asyncio.wait((flight.reply, flight.leader), return_when=FIRST_COMPLETED)
+        return flight.entry
+
     def _flight(self, key: str) -> Flight | None:
         """The identical request in flight, if there is one still going."""
         flight = self.flights.get(key)
-        if flight is not None and flight.leader.done() and not flight.reply.done():
+        if flight is not None and flight.leader.done() and flight.entry is None:
             del self.flights[key]  # it ended without a storable reply
             return None
         return flight
@@ -178,8 +184,11 @@ class Cache:
         entry = self._entry(call, ticket, response)
         if entry is None:
             return
-        if ticket.flight is not None:
-            ticket.flight.reply.set_result(entry)  # the waiting ones are answered at once
+        flight = ticket.flight
+        if flight is not None:
+            flight.entry = entry
+            if flight.reply is not None:
+                flight.reply.set_result(None)  # the waiting ones are answered at once
         if len(entry.body) > self.config.max_entry_bytes:
             self._landed(ticket)
             return
