@@ -57,7 +57,9 @@ class Ticket:
     messages: Any = None  # semantic: what is embedded
     result: str = "miss"  # hit, semantic, coalesced, miss or bypass: what answered it
     vector: Vector | None = None
-    flight: Flight | None = None  # set while it leads identical ones
+    # Whether it leads identical ones. (Not the Flight itself: that holds the request's
+    # task, whose result leads back to this ticket; a cycle per miss for the collector.)
+    leads: bool = False
     assembler: Assembler | None = None
 
 
@@ -150,7 +152,8 @@ class Cache:
             if len(self.flights) >= 64:  # forget the ones that ended badly and were not asked for
                 for k in [k for k, f in self.flights.items() if f.leader.done()]:
                     del self.flights[k]
-            ticket.flight = self.flights[key] = Flight(task)
+            self.flights[key] = Flight(task)
+            ticket.leads = True
         if call.stream and call.path != "/embeddings":
             ticket.assembler = Assembler(chat=call.path == "/chat/completions")
             call.tee = ticket.assembler.feed
@@ -184,17 +187,17 @@ class Cache:
         entry = self._entry(call, ticket, response)
         if entry is None:
             return
-        flight = ticket.flight
+        flight = self.flights.get(ticket.key) if ticket.leads else None
         if flight is not None:
             flight.entry = entry
             if flight.reply is not None:
                 flight.reply.set_result(None)  # the waiting ones are answered at once
         if len(entry.body) > self.config.max_entry_bytes:
-            self._landed(ticket)
+            self._landed(ticket, entry)
             return
         if ticket.family is None and self.local is not None:
             self.local.put_now(ticket.key, entry)  # memory: in place, nothing to wait for
-            self._landed(ticket)
+            self._landed(ticket, entry)
             return
         task = asyncio.current_task()
         if task is not None:  # Redis, or a vector to make: once the reply has been sent
@@ -272,9 +275,10 @@ class Cache:
         assert target is not None
         return Entry(body, target.provider.name, target.model.name, call.cost)
 
-    def _landed(self, ticket: Ticket) -> None:
+    def _landed(self, ticket: Ticket, entry: Entry) -> None:
         """Stored (or not storable): later identical requests no longer need to wait."""
-        if ticket.flight is not None and self.flights.get(ticket.key) is ticket.flight:
+        flight = self.flights.get(ticket.key)
+        if flight is not None and flight.entry is entry:  # ours, not a newer one's
             del self.flights[ticket.key]
 
     def _later(self, ticket: Ticket, entry: Entry) -> None:
@@ -291,7 +295,7 @@ class Cache:
         try:
             await self.backend.put(ticket.key, entry, shared)
         finally:
-            self._landed(ticket)
+            self._landed(ticket, entry)
 
     # -- observability and lifetime -------------------------------------------------
 
