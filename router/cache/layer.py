@@ -1,8 +1,10 @@
-"""The cache as the proxy sees it: asked once before routing (`lookup`), handed the finished
-reply (`reply`), and told when the request is over, however it ended.
+"""The cache as the proxy sees it: asked once before routing (`lookup`) and handed the
+finished reply (`reply`).
 
 lookup: bypass? -> exact entry -> semantic neighbour -> an identical request in flight
-(wait for it; if it fails, start over) -> a miss, which leads the next identical ones.
+(wait for it; if it ends without a storable reply, start over) -> a miss, which leads the
+next identical ones. Waiters watch the first request's own task, so however it ends
+(error, broken stream, its client gone) they go on.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.cache")
 
 BUDGET = 0.25  # seconds a request may wait on the cache's Redis, in total
-RESULTS = ("hit", "semantic", "coalesced", "miss", "bypass")
 Mode = Literal["read", "refresh", "bypass"]
 
 
@@ -247,7 +248,10 @@ class Cache:
         found = self.semantic.nearest(ticket.family, vector) if vector is not None else None
         if found is None:
             return None
-        entry = await self.backend.get(found[0], deadline - time.monotonic())
+        if self.local is not None:
+            entry = self.local.get_now(found[0])
+        else:
+            entry = await self.backend.get(found[0], deadline - time.monotonic())
         if entry is None:  # expired or evicted since it was indexed
             self.semantic.forget(ticket.family, found[0])
             return None
