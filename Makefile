@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench check system-deps clean
+.PHONY: run test lint bench bench-strategies check eval system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(VENV)/.installed
 
 check: $(VENV)/.installed
 	$(BIN)/llm-router check config.example.yaml
+
+# The eval command on the demo config's mock provider (no account): table, then a report.
+eval: $(VENV)/.installed
+	$(BIN)/llm-router eval --prompts examples/prompts.jsonl --group demo --group demo-fast \
+	  --judge demo-fast --report eval-report.html
+	@echo "report: eval-report.html"
 
 # Debian packages the tests drive for real: redis-server (shared state) and Chromium with
 # its driver (dashboard and CORS in a browser). Installed when missing and possible.
@@ -50,6 +56,10 @@ bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
 	  echo "wrk not installed: the bench falls back to an aiohttp load generator"
 	$(BIN)/python -m bench --observability
+	$(BIN)/python -m bench.anthropic
+
+bench-strategies: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.strategies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

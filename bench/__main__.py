@@ -137,7 +137,10 @@ async def client_rps(
 
 
 async def paired_latencies(
-    urls: dict[str, tuple[str, bool]], n: int, stream: bool
+    urls: dict[str, tuple[str, bool]],
+    n: int,
+    stream: bool,
+    bodies: dict[str, bytes] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per request (to the first body byte, for streams), one connection per target.
 
@@ -152,7 +155,7 @@ async def paired_latencies(
         for i in range(n + 50):
             for name, (url, auth) in urls.items():
                 t0 = time.perf_counter()
-                body = STREAM_BODY if stream else BODY
+                body = (bodies or {}).get(name) or (STREAM_BODY if stream else BODY)
                 async with sessions[name].post(url, data=body, headers=auth_headers(auth)) as r:
                     if stream:
                         await r.content.readany()

@@ -1,4 +1,5 @@
-"""A fast fake OpenAI upstream for the benchmark: fixed replies, streams of N events."""
+"""A fast fake upstream for the benchmark: OpenAI chat and Anthropic messages, fixed replies,
+streams of N events."""
 
 from __future__ import annotations
 
@@ -48,9 +49,44 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _sse(obj: dict[str, object]) -> bytes:
+    return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+MESSAGE = {"id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-bench",
+           "content": [{"type": "text", "text": "The quick brown fox jumps."}],
+           "stop_reason": "end_turn", "stop_sequence": None,
+           "usage": {"input_tokens": 20, "output_tokens": 7}}  # fmt: skip
+MESSAGE_EVENTS = [
+    _sse({"type": "message_start", "message": {**MESSAGE, "content": [], "stop_reason": None,
+                                               "usage": {"input_tokens": 20, "output_tokens": 1}}}),
+    _sse({"type": "content_block_start", "index": 0,
+          "content_block": {"type": "text", "text": ""}}),
+    *[_sse({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "tok"}})] * 20,
+    _sse({"type": "content_block_stop", "index": 0}),
+    _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+          "usage": {"output_tokens": 20}}),
+    _sse({"type": "message_stop"}),
+]  # fmt: skip
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic's Messages API: the same reply, its stream as Anthropic sends it."""
+    body = orjson.loads(await request.read())
+    if not body.get("stream"):
+        return web.Response(body=orjson.dumps(MESSAGE), content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for event in MESSAGE_EVENTS:
+        await resp.write(event)
+    return resp
+
+
 def main() -> None:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/messages", messages)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 
 

@@ -7,6 +7,7 @@ access log) -> handler; then on_response_prepare: aiohttp-cors, then our common 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -18,7 +19,7 @@ import aiohttp_cors
 import orjson
 from aiohttp import web
 
-from router import proxy, status
+from router import providers, proxy, status
 from router.auth import ANONYMOUS, Authenticator
 from router.balancer import Balancer
 from router.cache import layer as cache
@@ -28,6 +29,7 @@ from router.errors import (
     MethodNotAllowed,
     NotFound,
     RouterError,
+    error_body,
     error_response,
     from_http_exception,
 )
@@ -46,14 +48,15 @@ from router.keys import (
 from router.limits import ClientLimits
 from router.logs import AccessLog, request_id
 from router.metrics import Metrics
-from router.mock import MockUpstream
+from router.policies.route import ROUTE, Policies
+from router.providers import anthropic
 from router.proxy import CALL, Call
 from router.state import Clock, StateBackend, open_state
-from router.upstream import HttpUpstream, Upstream
 from router.usagelog import UsageLog
 
 log = logging.getLogger("router")
 ACCESS = web.AppKey("access", AccessLog)
+PREPARED = web.RequestKey("prepared", web.StreamResponse)  # the response, once it has started
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -65,6 +68,8 @@ EXPOSED = (
     "x-llm-router-cost",
     "x-llm-router-cache",
     "x-llm-router-cache-similarity",
+    "x-llm-router-tier",
+    "x-llm-router-complexity",
     "x-request-id",
     "retry-after",
     "x-ratelimit-limit-requests",
@@ -74,16 +79,26 @@ EXPOSED = (
     "x-ratelimit-reset-requests",
     "x-ratelimit-reset-tokens",
 )
-PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+PROXIED = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+)
+# Errors answer in the shape of the API the client called: OpenAI's, unless listed here.
+ERROR_SHAPES = {"/v1/messages": anthropic.error_response}
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def build_runtime(config: Config, state: StateBackend, clock: Clock = time.time) -> Runtime:
+    balancer = Balancer(config, state, clock)
     return Runtime(
         config,
         Authenticator(config.client_keys),
-        Balancer(config, state, clock),
+        balancer,
         ClientLimits(config.client_keys, state, clock),
+        Policies(config, balancer),
     )
 
 
@@ -101,23 +116,68 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     request_id.set(rid)  # the handler runs in its own task, so this stays with the request
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
+    render = ERROR_SHAPES.get(request.path, error_response)
+    response: web.StreamResponse
     try:
         if request.method != "OPTIONS" and (
             request.path.startswith("/v1/") or request.path == "/status"
         ):
-            request[CLIENT] = runtime.auth.check(request.headers.get("Authorization"))
+            h = request.headers
+            request[CLIENT] = runtime.auth.check(h.get("Authorization"), h.get("x-api-key"))
         response = await handler(request)
     except RouterError as exc:
-        response = error_response(exc)
+        response = render(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_response(from_http_exception(exc))
+        response = render(from_http_exception(exc))
     except Exception:  # a bug of ours: still an OpenAI-shaped answer, and a traceback in the log
         log.exception("unhandled error in %s %s [%s]", request.method, request.path, rid)
-        response = error_response(RouterError("The router hit an internal error."))
+        response = await _internal_error(request, render)
+    except asyncio.CancelledError:  # the client hung up, or a drain ran out of time
+        _finished(request, 499, time.perf_counter() - started, rid)
+        raise
+    _finished(request, response.status, time.perf_counter() - started, rid, response)
+    return response
+
+
+async def _internal_error(
+    request: web.Request, render: Callable[[RouterError], web.Response]
+) -> web.StreamResponse:
+    """After the response has started, the only honest ending is in-band: an error event
+    for a stream, a cut connection otherwise; before it, a 500 in the route's shape."""
+    started: web.StreamResponse | None = request.get(PREPARED)
+    if started is None:
+        return render(RouterError("The router hit an internal error."))
     call = request.get(CALL)
-    if not response.prepared:
+    if call is not None:
+        call.stream_error = "internal error"
+    sse = started.headers.get("Content-Type", "").startswith("text/event-stream")
+    if sse and "Content-Encoding" not in started.headers:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            message = "The router hit an internal error."
+            if request.path == "/v1/messages":
+                event = anthropic.error_event(message)
+            else:
+                event = b"data: " + error_body(message, "server_error", None, None) + b"\n\n"
+            await started.write(event)
+            await started.write_eof()
+            return started
+    if request.transport is not None:
+        request.transport.abort()  # no terminating chunk: the client sees a broken body
+    return started
+
+
+def _finished(
+    request: web.Request,
+    status: int,
+    seconds: float,
+    rid: str,
+    response: web.StreamResponse | None = None,
+) -> None:
+    runtime = request.app[LIVE].runtime
+    call = request.get(CALL)
+    if response is not None and not response.prepared:
         if "x-llm-router-attempts" not in response.headers and request.path.startswith("/v1/"):
             # Answered without an upstream call: /v1/models, or refused (auth, bad JSON,
             # unknown model, client limits). Every API reply says how many calls it took.
@@ -126,21 +186,19 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             response.headers.setdefault("x-llm-router-cache", call.cache.result)
         if isinstance(response, web.Response):
             _maybe_compress(request, response, runtime.config)
-    seconds = time.perf_counter() - started
+    if call is not None and call.client_gone:
+        status = 499  # nginx's "client closed request": the client cut its stream short
     if call is not None or request.path in PROXIED:
-        _observe(request, response.status, call, seconds, rid)
+        _observe(request, status, call, seconds, rid)
+    if call is not None and call.route is not None:
+        call.route.done(status, call, seconds)  # the policy's observe
     access = request.app[ACCESS]
     if access.enabled:
+        key = response.headers.get("x-llm-router-key", "-") if response is not None else "-"
         access.add(
-            rid,
-            request.get(CLIENT, "-"),
-            request.method,
-            response.status,
-            request.path,
-            response.headers.get("x-llm-router-key", "-"),
+            rid, request.get(CLIENT, "-"), request.method, status, request.path, key,
             seconds * 1000,
-        )
-    return response
+        )  # fmt: skip
 
 
 def _observe(
@@ -198,14 +256,16 @@ async def models(request: web.Request) -> web.Response:
     """GET /v1/models lists the groups; GET /v1/models/{id} is one of them."""
     runtime = request.app[LIVE].runtime
     created = request.app[STARTED]
+    client = request.get(CLIENT, ANONYMOUS)
     data = [
-        {"id": g.name, "object": "model", "created": created, "owned_by": "llm-router"}
-        for g in runtime.config.groups
+        {"id": name, "object": "model", "created": created, "owned_by": "llm-router"}
+        for name in runtime.policies.access.visible(client)
     ]
     wanted = request.match_info.get("model")
     if wanted is None:
         body: object = {"object": "list", "data": data}
     else:
+        runtime.policies.access.check(client, wanted)  # 404, listing only its groups
         runtime.balancer.targets(wanted)  # raises the OpenAI-shaped 404 for an unknown one
         body = next(m for m in data if m["id"] == wanted)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -218,8 +278,14 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-async def not_allowed(request: web.Request) -> web.Response:
-    raise MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+def not_allowed(allowed: str) -> Handler:
+    async def refuse(request: web.Request) -> web.Response:
+        raise MethodNotAllowed(
+            f"Method {request.method} is not allowed on {request.path}.",
+            headers={"Allow": allowed},
+        )
+
+    return refuse
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -247,8 +313,10 @@ def create_app(
 
     def route(path: str, handler: Handler, *methods: str) -> None:
         resource = app.router.add_resource(path)
+        allowed = (*methods, "HEAD") if "GET" in methods else methods
+        refuse = not_allowed(", ".join((*allowed, "OPTIONS")))
         for method in METHODS:
-            resource.add_route(method, handler if method in methods else not_allowed)
+            resource.add_route(method, handler if method in methods else refuse)
         if "GET" in methods:  # load balancers probe with HEAD
             resource.add_route("HEAD", handler)
 
@@ -288,6 +356,11 @@ def create_app(
                 names |= {"authorization", "content-type"}
                 response.headers["Access-Control-Allow-Headers"] = ", ".join(sorted(names))
         response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
+        request[PREPARED] = response
+        route = request.get(ROUTE)
+        if route is not None:  # what the strategy decided
+            call = request.get(CALL)
+            response.headers.update(route.headers(call.target if call is not None else None))
         response.headers["Vary"] = "Origin, Accept-Encoding"
 
     app.on_response_prepare.append(on_prepare)
@@ -298,8 +371,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, trust_env=False)
     app[SESSION] = session
-    upstreams: dict[str, Upstream] = {"openai": HttpUpstream(session), "mock": MockUpstream()}
-    app[UPSTREAMS] = upstreams
+    app[UPSTREAMS] = providers.build(session)
     await app[STATE].start()
     tasks = [asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")]
     usage_log = app.get(USAGE_LOG)

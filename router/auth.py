@@ -1,4 +1,4 @@
-"""Client authentication: bearer tokens compared in constant time, length included."""
+"""Client authentication: bearer tokens or `x-api-key`, compared in constant time."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def _digest(token: str) -> bytes:
 
 
 class Authenticator:
-    """Maps an Authorization header to a client key name, or raises Unauthorized.
+    """Maps an Authorization header (or, without one, `x-api-key`, as Anthropic's clients
+    send it) to a client key name, or raises Unauthorized.
 
     Tokens are hashed first, so every comparison is over 32 bytes and the time taken
     says nothing about a key's length or prefix; every key is compared, match or not.
@@ -26,13 +27,16 @@ class Authenticator:
         self.required = bool(keys)
         self._keys = [(_digest(k.key), k.name) for k in keys]
 
-    def check(self, header: str | None) -> str:
+    def check(self, header: str | None, api_key: str | None = None) -> str:
         if not self.required:
             return ANONYMOUS
         scheme, _, token = (header or "").strip().partition(" ")
+        if not header and api_key and api_key.strip():
+            scheme, token = "bearer", api_key
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
-                "Missing bearer token: send 'Authorization: Bearer <your router key>'."
+                "Missing API key: send 'Authorization: Bearer <your router key>' "
+                "or 'x-api-key: <your router key>'."
             )
         presented = _digest(token.strip())
         found = None

@@ -52,7 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("usage", help="roll up a usage log")
     u.add_argument("--log", required=True, help="the usage_log path (rotated files included)")
     u.add_argument("--by", choices=("day", "model", "key", "client"), default="day")
+
+    e = sub.add_parser("eval", help="run prompts against every target of groups and compare")
+    e.add_argument("--config", help="config file (YAML or JSON)")
+    e.add_argument("--prompts", required=True, help="JSONL: one prompt a line")
+    e.add_argument("--group", action="append", default=[], help="a group to run (repeatable)")
+    e.add_argument("--judge", metavar="GROUP", help="a group that scores each answer 0-5")
+    e.add_argument("--concurrency", type=_positive, default=4, help="calls at once (4)")
+    e.add_argument("--repeat", type=_positive, default=1, help="run each prompt K times")
+    e.add_argument("--out", metavar="FILE.jsonl", help="write one line per call")
+    e.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
+    e.add_argument("--json", action="store_true", help="print only the JSON summary")
     return parser
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str | None:
@@ -68,17 +86,53 @@ def discover(explicit: str | None, env: Mapping[str, str] | None = None) -> str 
     return None
 
 
+# The model fields each strategy orders by, shown by `check` beside every candidate.
+_SHOWN: dict[str, tuple[str, ...]] = {
+    "priority": ("priority",),
+    "complexity": ("tier",),
+    "lowest-cost": ("prices",),
+    "lowest-usage": (),
+    "round-robin": (),
+    "lowest-latency": (),
+    "headroom": (),
+}
+
+
 def describe(config: Config) -> str:
     lines = [f"config: {config.source}", f"listen: {config.host}:{config.port}"]
     lines.append(f"client keys: {', '.join(k.name for k in config.client_keys) or 'none'}")
     for group in config.groups:
-        lines.append(f"group {group.name} ({group.strategy}):")
+        lines.append(f"group {group.name} (strategy: {group.strategy}):")
+        shown = _SHOWN.get(group.strategy, ("priority", "tier", "prices"))  # user: all
         for ref in group.models:
+            extra = ""
+            if "priority" in shown:
+                extra += f" priority={ref.priority}"
+            if "tier" in shown:
+                extra += f" tier={ref.tier}"
+            if "prices" in shown:
+                extra += f" input_cost={ref.input_cost:g} output_cost={ref.output_cost:g}"
             for key in config.provider(ref.provider).keys:
                 lines.append(
-                    f"  {ref.provider:<12} {ref.name:<28} key={key.label:<16} weight={ref.weight:g}"
+                    f"  {ref.provider:<12} {ref.name:<28} key={key.label:<16} "
+                    f"weight={ref.weight:g}{extra}"
                 )
     return "\n".join(lines)
+
+
+def warnings(config: Config) -> list[str]:
+    """Legal but probably not meant: unpriced models in a lowest-cost group."""
+    out = []
+    for i, group in enumerate(config.groups):
+        if group.strategy != "lowest-cost":
+            continue
+        for j, ref in enumerate(group.models):
+            if not ref.priced:
+                out.append(
+                    f"groups[{i}].models[{j}]: {ref.provider}/{ref.name} has no input_cost or "
+                    "output_cost, so lowest-cost counts it as free"
+                )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         from router.statuscli import run_status
 
         return run_status(args.url, args.api_key, args.watch)
+    if args.command == "eval":
+        from router.eval import Options
+        from router.eval import main as run_eval
+
+        options = Options(args.prompts, tuple(args.group), args.judge, args.concurrency,
+                          args.repeat, args.out, args.report, args.json)  # fmt: skip
+        return run_eval(discover(args.config), options)
     if args.command == "usage":
         from router import usagelog
 
@@ -112,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(exc.errors)} error(s) in {path or 'the demo config'}", file=sys.stderr)
             return 1
         print(describe(config))
+        for warning in warnings(config):
+            print(f"warning: {warning}")
         print("ok")
         return 0
 

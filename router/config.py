@@ -11,10 +11,21 @@ from typing import Any, Literal
 import orjson
 import yaml
 
-from router.schema import ConfigError, Reader, show, substitute
+from router.schema import _MISSING, ConfigError, Reader, show, substitute
 
-ProviderType = Literal["openai", "mock"]
-STRATEGIES = ("lowest-usage",)
+ProviderType = Literal["openai", "anthropic", "mock"]
+Api = Literal["openai", "anthropic"]  # a wire format
+ANTHROPIC_URL = "https://api.anthropic.com"
+Lane = Literal["high", "normal", "low"]
+Tier = Literal["fast", "balanced", "accurate"]
+LANES: tuple[Lane, ...] = ("high", "normal", "low")
+TIERS: tuple[Tier, ...] = ("fast", "balanced", "accurate")
+# (capacity, latency, stability) weights of the headroom score, per lane (seed route-llm's)
+HEADROOM_WEIGHTS: Mapping[str, tuple[float, float, float]] = {
+    "high": (0.5, 0.4, 0.1),
+    "normal": (0.5, 0.3, 0.2),
+    "low": (0.3, 0.1, 0.6),
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,7 @@ class Provider:
     first_byte_timeout: float = 60.0
     idle_timeout: float = 60.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    api: Api = "openai"  # the API it speaks: its type, or for a mock the `api` setting
     latency_ms: float = 0.0  # mock only
     failure_rate: float = 0.0  # mock only
 
@@ -47,6 +59,9 @@ class ModelRef:
     weight: float = 1.0
     input_cost: float = 0.0
     output_cost: float = 0.0
+    priority: int = 0  # strategy priority: lower numbers first
+    tier: Tier = "balanced"  # strategy complexity
+    priced: bool = False  # input_cost or output_cost was given
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,15 @@ class Group:
     models: tuple[ModelRef, ...]
     strategy: str = "lowest-usage"
     hedge_after: float | None = None
+    affinity_ttl: float = 3600.0
+    reserve: float = 0.0  # share of each limited key's rpm/tpm kept for high priority
+    mode: Tier = "balanced"
+    latency_probe_after: float = 60.0
+    headroom_weights: Mapping[str, tuple[float, float, float]] = field(
+        default_factory=lambda: dict(HEADROOM_WEIGHTS)
+    )
+    # The strategy's class, or a user policy object: imported (and instantiated) at load.
+    policy: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,8 @@ class ClientKey:
     tpm: int | None = None
     budget_usd: float | None = None
     budget_period: Literal["day", "month"] = "day"
+    priority: Lane | None = None  # default lane and ceiling; None: normal, may ask for any
+    groups: tuple[str, ...] | None = None  # the groups it may use; None: all
 
 
 @dataclass(frozen=True)
@@ -135,6 +161,7 @@ class Config:
     request_penalty: float = 0.0
     error_penalty: float = 0.0
     usage_window: float = 0.0
+    predict_horizon: float = 10.0
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
     cache: Cache = Cache()
@@ -195,6 +222,9 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
             errors.append(f"{path}.name: duplicate client key name {c.name!r}")
         if not c.key:
             errors.append(f"{path}.key: must not be empty")
+        for j, g in enumerate(c.groups or ()):
+            if g not in gnames:
+                errors.append(f"{path}.groups[{j}]: no group named {g!r}")
         clients.append(c)
 
     cfg = Config(
@@ -206,6 +236,7 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         request_penalty=top.num("request_penalty", 0.0),
         error_penalty=top.num("error_penalty", 0.0),
         usage_window=top.num("usage_window", 0.0),
+        predict_horizon=top.num("predict_horizon", 10.0),
         retry=_retry(top.mapping("retry")),
         breaker=_breaker(top.mapping("breaker")),
         cache=_cache(top.mapping("cache")),
@@ -230,8 +261,12 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
 def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
     name = r.text("name")
-    ptype = r.text("type", "openai", choices=("openai", "mock"))
-    base_url = r.text("base_url", "" if ptype == "mock" else None)
+    ptype = r.text("type", "openai", choices=("openai", "anthropic", "mock"))
+    base_url = r.text("base_url", {"mock": "", "anthropic": ANTHROPIC_URL}.get(ptype))
+    api = r.text("api", "anthropic" if ptype == "anthropic" else "openai",
+                 choices=("openai", "anthropic"))  # fmt: skip
+    if ptype != "mock" and "api" in r.data:
+        r.fail(r.at("api"), "only a type: mock provider takes api (the type says it)")
     if base_url and not base_url.startswith(("http://", "https://")):
         r.fail(r.at("base_url"), f"must start with http:// or https://, got {base_url!r}")
     keys: list[ProviderKey] = []
@@ -263,6 +298,7 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         first_byte_timeout=r.num("first_byte_timeout", 60.0, above=True),
         idle_timeout=r.num("idle_timeout", 60.0, above=True),
         headers=r.str_map("headers"),
+        api=api,
         latency_ms=r.num("latency_ms", 0.0),
         failure_rate=r.num("failure_rate", 0.0),
     )
@@ -284,6 +320,9 @@ def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Grou
             weight=mr.num("weight", 1.0),
             input_cost=mr.num("input_cost", 0.0),
             output_cost=mr.num("output_cost", 0.0),
+            priority=mr.num("priority", 0, integer=True),
+            tier=mr.text("tier", "balanced", choices=TIERS),
+            priced=mr.has("input_cost") or mr.has("output_cost"),
         )
         if mr.ok and ref.provider and ref.provider not in providers:
             mr.fail(mr.at("provider"), f"no provider named {ref.provider!r}")
@@ -292,16 +331,48 @@ def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Grou
     if r.ok and not models and "models" in r.data:
         r.fail(r.at("models"), "must list at least one model")
     strategy = r.text("strategy", "lowest-usage")
-    if strategy not in STRATEGIES:
-        r.fail(r.at("strategy"), f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    from router.policies import PolicyError, resolve  # the policies import this module
+
+    try:
+        policy = resolve(strategy)
+    except PolicyError as exc:
+        r.fail(r.at("strategy"), str(exc))
+        policy = None
+    reserve = r.num("reserve", 0.0)
+    if reserve >= 1:
+        r.fail(r.at("reserve"), f"must be a number from 0 to below 1, got {reserve:g}")
     group = Group(
         name=name,
         models=tuple(models),
         strategy=strategy,
         hedge_after=r.num("hedge_after", None, above=True),
+        affinity_ttl=r.num("affinity_ttl", 3600.0, above=True),
+        reserve=reserve,
+        mode=r.text("mode", "balanced", choices=TIERS),
+        latency_probe_after=r.num("latency_probe_after", 60.0, above=True),
+        headroom_weights=_headroom_weights(r),
+        policy=policy,
     )
     r.done()
     return group
+
+
+def _headroom_weights(r: Reader) -> dict[str, tuple[float, float, float]]:
+    out = dict(HEADROOM_WEIGHTS)
+    w = r.mapping("headroom_weights")
+    for lane in LANES:
+        v = w.raw(lane)
+        if v is None or v is _MISSING:
+            continue
+        numbers = isinstance(v, list) and len(v) == 3
+        if not numbers or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in v
+        ):
+            w.fail(w.at(lane), f"must be a list of three numbers >= 0, got {show(v)}")
+            continue
+        out[lane] = (float(v[0]), float(v[1]), float(v[2]))
+    w.done()
+    return out
 
 
 def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
@@ -313,9 +384,24 @@ def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
         tpm=r.num("tpm", None, integer=True, minimum=1),
         budget_usd=r.num("budget_usd", None),
         budget_period=r.text("budget_period", "day", choices=("day", "month")),
+        priority=r.text("priority", None, choices=LANES),
+        groups=_names(r, "groups"),
     )
     r.done()
     return key
+
+
+def _names(r: Reader, key: str) -> tuple[str, ...] | None:
+    if not r.has(key):
+        r.raw(key)
+        return None
+    out = []
+    for path, v in r.items(key):
+        if isinstance(v, str) and v:
+            out.append(v)
+        else:
+            r.fail(path, f"must be a group name, got {show(v)}")
+    return tuple(out)
 
 
 def _retry(r: Reader) -> Retry:
@@ -375,10 +461,6 @@ def _cache(r: Reader) -> Cache:
     return out
 
 
-# Provider types whose API has /v1/embeddings (a group embedder needs one).
-EMBEDDING_TYPES = ("openai", "mock")
-
-
 def _check_cache(cfg: Config, errors: list[str]) -> None:
     """What the cache names must exist: its groups, and an embedder group that can embed."""
     names = {g.name: g for g in cfg.groups}
@@ -389,13 +471,13 @@ def _check_cache(cfg: Config, errors: list[str]) -> None:
     if semantic is None or semantic.embedder == "hashing":
         return
     group = names.get(semantic.embedder)
-    types = {p.name: p.type for p in cfg.providers}
+    apis = {p.name: p.api for p in cfg.providers}
     if group is None:
         errors.append(
             f"cache.semantic.embedder: must be hashing or a group name, "
             f"no group named {semantic.embedder!r}"
         )
-    elif not any(types.get(m.provider) in EMBEDDING_TYPES for m in group.models):
+    elif not any(apis.get(m.provider) == "openai" for m in group.models):  # Anthropic's has none
         errors.append(f"cache.semantic.embedder: group {semantic.embedder!r} serves no embeddings")
 
 

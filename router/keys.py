@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -12,9 +13,12 @@ from router.balancer import Balancer
 from router.config import Config
 from router.limits import ClientLimits
 from router.metrics import Metrics
+from router.providers.http import Upstream
 from router.state import StateBackend
-from router.upstream import Upstream
 from router.usagelog import UsageLog
+
+if TYPE_CHECKING:
+    from router.policies.route import Policies
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Runtime:
     auth: Authenticator
     balancer: Balancer
     limits: ClientLimits
+    policies: Policies
 
 
 @dataclass

@@ -156,6 +156,10 @@ def usage_tokens(usage: Any) -> Tokens | None:
         prompt = total - (completion or 0) if isinstance(total, int) else None
     if prompt is None:
         return None
+    for cached in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+        # Anthropic's input_tokens leaves out the prompt tokens written to or read from cache.
+        if isinstance(n := usage.get(cached), int):
+            prompt += n
     if not isinstance(completion, int):
         completion = total - prompt if isinstance(total, int) else 0
     return Tokens(prompt, completion)

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from router import payload
+from router import payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
 from router.cache.layer import CACHE, Ticket
@@ -30,17 +31,27 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
+from router.limits import Hold
 from router.payload import Tokens
+from router.providers.http import Reply
 from router.retry import backoff, cooldown_seconds
 from router.streaming import Relay
-from router.upstream import Reply
+
+if TYPE_CHECKING:
+    from router.policies.route import Route
 
 log = logging.getLogger("router.proxy")
 
 # Upstream statuses worth another target: overload, outages, and a bad or revoked key.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504, 529})
-_PASSED_PREFIXES = ("x-ratelimit-", "openai-processing-ms", "openai-version")
-_STREAMABLE = ("/chat/completions", "/completions", "/responses")
+_PASSED_PREFIXES = (
+    "x-ratelimit-",
+    "openai-processing-ms",
+    "openai-version",
+    "anthropic-ratelimit-",
+)
+_STREAMABLE = ("/chat/completions", "/completions", "/responses", "/messages")
+_OWN_USAGE = ("/responses", "/messages")  # streams that always report usage
 
 
 @dataclass
@@ -69,11 +80,14 @@ class Call:
     cost: float = 0.0
     ttft: float | None = None  # streams: seconds to the first event
     stream_error: str | None = None
+    client_gone: bool = False  # the client left before its reply was whole
+    route: Route | None = None  # the request's options and its strategy's decisions
     tee: Callable[[bytes], None] | None = None  # sees each run of events sent to the client
     cache: Ticket | None = None  # the response cache's dealings with it
 
 
 CALL = web.RequestKey("call", Call)
+HOLD = web.RequestKey("hold", Hold)
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -86,21 +100,32 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _handle(request)
+    finally:  # the client's limits hold the request's estimate until it ends
+        if (hold := request.get(HOLD)) is not None:
+            await hold.release()
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     runtime = request.app[LIVE].runtime
     raw = await request.read()
     body = payload.parse(raw)
-    targets = runtime.balancer.targets(str(body["model"]))
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
-    reserve = payload.estimate(raw, body, path == "/embeddings")
-    client = request.get(CLIENT, ANONYMOUS)
     group = str(body["model"])
-    call = Call(group, path, raw, body, body.get("stream") is True, reserve, client, began)
+    client = request.get(CLIENT, ANONYMOUS)
+    reserve = payload.estimate(raw, body, path == "/embeddings")
+    route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
+    targets = providers.serving(runtime.balancer.targets(group), path, body)
+    stream = body.get("stream") is True
+    call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call
     cache = request.app.get(CACHE)
     if cache is not None and (cached := await cache.lookup(request, call)) is not None:
         return cached  # before limits: a cached answer costs no one anything
-    await runtime.limits.admit(client, reserve)
+    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
+        request[HOLD] = hold
     encoding = None
     if runtime.config.compression.enabled:
         encoding = negotiate(request.headers.get("Accept-Encoding", ""))
@@ -111,16 +136,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
     blocked: list[Blocked] = []
     waited = 0.0
     while len(call.attempts) < retry.attempts:
-        target, blocked = await balancer.pick(targets, reserve, tried)
+        picked = balancer.clock()  # a result from before the breaker last opened is stale
+        target, blocked = await _pick(balancer, targets, reserve, tried, route)
         if target is None and tried:
             # Every other target is used up: try one again, after a backoff.
-            target, blocked = await balancer.pick(targets, reserve)
+            picked = balancer.clock()
+            target, blocked = await _pick(balancer, targets, reserve, (), route)
             if target is not None:
                 delay = backoff(len(call.attempts), retry)
                 if balancer.clock() + delay > deadline:
-                    await balancer.finish(target, reserve, 0.0, None)
+                    await balancer.release(target, reserve)
                     break
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:  # the client left while we waited
+                    await balancer.release(target, reserve)
+                    raise
         if target is None:
             # Nothing can take it now; with retry.wait, wait for the earliest recovery.
             earliest = min((b.until for b in blocked), default=math.inf)
@@ -132,57 +163,108 @@ async def handle(request: web.Request) -> web.StreamResponse:
             continue
         if target not in tried:
             tried.append(target)
+        # From here the attempt owns the reservation: no await comes between.
         hedge = balancer.hedge_after.get(group)
         if hedge is not None and len(call.attempts) + 1 < retry.attempts:
-            response = await _hedged(request, runtime, call, target, tried, encoding, hedge)
+            response = await _hedged(
+                request, runtime, call, (target, picked), tried, encoding, hedge
+            )
         else:
-            response = await _attempt(request, runtime, call, target, encoding)
+            response = await _attempt(request, runtime, call, target, picked, encoding)
         if response is not None:
+            await route.served(response.status, call.target)  # a session sticks to it
             if cache is not None:
                 await cache.reply(call, response)
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
 
+async def _pick(
+    balancer: Balancer,
+    targets: Sequence[Target],
+    reserve: float,
+    skip: Sequence[Target] = (),
+    route: Route | None = None,
+) -> tuple[Target | None, list[Blocked]]:
+    """A pick that a hung-up client cannot cut in half.
+
+    With shared state a pick waits on Redis between taking a key's limits and reserving;
+    cancelled there, what it took would never be given back. So it runs to its end, and a
+    target it chose for a request that is gone is released at once. Memory picks never
+    suspend, so they need none of this.
+    """
+    if not balancer.state.degraded and balancer.remote:
+        task = asyncio.ensure_future(balancer.pick(targets, reserve, skip, route))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            target, _ = await task
+            if target is not None:
+                await balancer.release(target, reserve)
+            raise
+    return await balancer.pick(targets, reserve, skip, route)
+
+
+class _Race:
+    """The attempts of one hedged request. The first to have its reply in hand claims the
+    client, once; `progress` resolves when the first attempt has response headers."""
+
+    def __init__(self) -> None:
+        self.progress: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.tasks: list[asyncio.Task[web.StreamResponse | None]] = []
+        self.entered: list[bool] = []  # an attempt cancelled before its first step owns nothing
+        self.winner: int | None = None
+
+    def headers(self) -> None:
+        if not self.progress.done():
+            self.progress.set_result(None)
+
+    def claim(self, me: int) -> bool:
+        if self.winner is not None:
+            return self.winner == me
+        self.winner = me
+        for i, other in enumerate(self.tasks):
+            if i != me:
+                other.cancel()
+        return True
+
+
 async def _hedged(
     request: web.Request,
     runtime: Runtime,
     call: Call,
-    first: Target,
+    first: tuple[Target, float],  # and when it was picked
     tried: list[Target],
     encoding: str | None,
     hedge_after: float,
 ) -> web.StreamResponse | None:
-    """Call `first`; if it has sent no headers after `hedge_after`, call the next target too.
+    """Call `first`; if it has no response headers after `hedge_after`, call the next target
+    too. The first reply in hand claims the client; the other attempt is cancelled, which
+    releases its reservation without a verdict on its health."""
+    race = _Race()
+    targets: list[Target] = []
 
-    The first to have its reply in hand claims the client; the other is cancelled, which
-    releases its reservation without a verdict on its health.
-    """
-    tasks: list[asyncio.Task[web.StreamResponse | None]] = []
+    def start(target: Target, picked: float) -> None:
+        me = len(race.tasks)
+        race.entered.append(False)
+        targets.append(target)
+        coro = _attempt(request, runtime, call, target, picked, encoding, race, me)
+        race.tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
 
-    def claimer(me: int) -> Callable[[], None]:
-        def claim() -> None:
-            # Single-threaded: the other attempt is cancelled before it can claim too.
-            for i, other in enumerate(tasks):
-                if i != me:
-                    other.cancel()
-
-        return claim
-
-    def start(target: Target) -> None:
-        coro = _attempt(request, runtime, call, target, encoding, claimer(len(tasks)))
-        tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
-
-    start(first)
+    start(*first)
     try:
-        done, _ = await asyncio.wait(tasks, timeout=hedge_after)
-        if not done:
-            targets = runtime.balancer.targets(call.group)
-            second, _ = await runtime.balancer.pick(targets, call.reserve, tried)
+        first_moves: set[asyncio.Future[Any]] = {race.tasks[0], race.progress}
+        moved, _ = await asyncio.wait(
+            first_moves, timeout=hedge_after, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not moved:
+            group = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
+            picked = runtime.balancer.clock()
+            second, _ = await _pick(runtime.balancer, group, call.reserve, tried, call.route)
             if second is not None:
                 tried.append(second)
-                start(second)
-        pending = set(tasks)
+                start(second, picked)
+        pending = set(race.tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -190,8 +272,13 @@ async def _hedged(
                     return response
         return None
     finally:
-        for task in tasks:
+        race.progress.cancel()
+        for task in race.tasks:
             task.cancel()
+        await asyncio.gather(*race.tasks, return_exceptions=True)
+        for target, entered in zip(targets, race.entered, strict=True):
+            if not entered:  # cancelled before it ran: its finally never will
+                await runtime.balancer.release(target, call.reserve)
 
 
 async def _attempt(
@@ -199,17 +286,24 @@ async def _attempt(
     runtime: Runtime,
     call: Call,
     target: Target,
+    picked: float,  # clock time of the pick that chose it
     encoding: str | None,
-    claim: Callable[[], None] | None = None,
+    race: _Race | None = None,
+    me: int = 0,
 ) -> web.StreamResponse | None:
-    """One upstream call. Returns the client's response, or None after recording a failure."""
+    """One upstream call. Returns the client's response, or None after recording a failure.
+
+    It owns the reservation its pick took: every way out of it settles that reservation.
+    """
+    if race is not None:
+        race.entered[me] = True
     balancer = runtime.balancer
     metrics = request.app[METRICS]
     metrics.attempt_started(target)
     began = time.perf_counter()
     call.started += 1
     stream = call.stream and call.path in _STREAMABLE
-    add_usage = stream and call.path != "/responses" and not payload.wants_usage(call.body)
+    add_usage = stream and call.path not in _OWN_USAGE and not payload.wants_usage(call.body)
     out = payload.rewrite(call.raw, call.body, target.model.name, add_usage)
     tokens: Tokens | None = None
     failed: bool | None = True
@@ -217,7 +311,8 @@ async def _attempt(
     relay: Relay | None = None
     try:
         upstream = request.app[UPSTREAMS][target.provider.type]
-        reply = await upstream.send(target, call.path, out, call.stream)
+        reply = await upstream.send(target, call.path, out, call.stream, request.headers)
+        await runtime.policies.sample(target, time.perf_counter() - began)  # headers in
         if reply.status == 400 and add_usage:
             data = await reply.read()
             if b"stream_options" in data:
@@ -227,14 +322,17 @@ async def _attempt(
                 add_usage = False
                 out = payload.rewrite(call.raw, call.body, target.model.name, False)
                 call.started += 1
-                reply = await upstream.send(target, call.path, out, call.stream)
+                reply = await upstream.send(target, call.path, out, call.stream, request.headers)
+        if race is not None and reply.status not in RETRYABLE:
+            race.headers()
         if reply.status >= 400:
             data = await reply.read()
             if reply.status in RETRYABLE:
                 await _failed(balancer, call, target, f"HTTP {reply.status}", reply)
                 return None
-            if claim:
-                claim()
+            if race is not None and not race.claim(me):
+                failed = None
+                return None
             call.target = target
             failed = None  # the request's fault, not the target's: no verdict on its health
             return web.Response(
@@ -242,23 +340,30 @@ async def _attempt(
             )
         if stream and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
             relay = Relay(
-                reply, strip_usage=add_usage, responses=call.path == "/responses", tee=call.tee
+                reply,
+                strip_usage=add_usage,
+                responses=call.path == "/responses",
+                messages=call.path == "/messages",
+                write_timeout=target.provider.idle_timeout,
+                tee=call.tee,
             )
             first = await relay.first()
-            if claim:
-                claim()
+            if race is not None and not race.claim(me):
+                failed = None
+                return None
             call.target, call.ttft = target, time.perf_counter() - call.began
             resp = await relay.relay(request, first, _headers(reply, target, call), encoding)
             failed = relay.outcome.error is not None
             call.stream_error = relay.outcome.error
             if relay.outcome.client_gone:
                 failed = None
+                call.client_gone = True
             return resp
         data = await reply.read()
         tokens = _usage(data, reply)
         failed = False
-        if claim:
-            claim()
+        if race is not None and not race.claim(me):
+            return None
         call.target = target
         headers = _headers(reply, target, call)
         headers["x-llm-router-cost"] = f"{target.cost(tokens) if tokens else 0.0:.6f}"
@@ -269,6 +374,9 @@ async def _attempt(
     except UpstreamError as exc:
         await _failed(balancer, call, target, exc.reason, None, exc)
         return None
+    except Exception:  # a bug of ours, not the upstream's failure (the middleware logs it)
+        failed = None
+        raise
     finally:
         if reply is not None:
             reply.close()
@@ -277,7 +385,7 @@ async def _attempt(
             if tokens is None:  # ended (or the client left) before the usage chunk: estimate
                 tokens = Tokens(int(call.reserve / 2), relay.outcome.events)
         used = float(tokens.total) if tokens else 0.0
-        health = await balancer.finish(target, call.reserve, used, failed)
+        health = await balancer.finish(target, call.reserve, used, failed, picked)
         metrics.attempt_done(target, failed, time.perf_counter() - began, health)
         if tokens is not None:
             cost = target.cost(tokens)

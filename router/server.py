@@ -69,6 +69,17 @@ def check_exposure(config: Config) -> None:
     )
 
 
+def drain_budget(total: float) -> float:
+    """How long aiohttp may wait for open requests to finish, so the whole drain fits `total`.
+
+    aiohttp waits that long, then cancels what is left and waits for it again (our handlers
+    end at once when cancelled: they account the request and close the upstream), and past
+    5 s it rounds its deadline up to a whole second. Keep a grace for all that.
+    """
+    budget = total - min(1.0, total * 0.2)
+    return budget - 1.0 if budget > 5 else budget
+
+
 async def run(
     config: Config, path: str | None, overrides: dict[str, Any], reuse_port: bool
 ) -> None:
@@ -77,7 +88,7 @@ async def run(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its upstream call
         access_log=None,  # ours is written by the middleware
-        shutdown_timeout=config.shutdown_timeout,
+        shutdown_timeout=drain_budget(config.shutdown_timeout),
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
@@ -105,6 +116,11 @@ def reload(app: web.Application, path: str | None, overrides: dict[str, Any]) ->
         log.error("reload refused, still serving the old config:\n  %s", "\n  ".join(exc.errors))
         return
     old = live.runtime.config
+    try:  # what serve would refuse at start, a reload refuses too
+        check_exposure(dataclasses.replace(new, host=old.host))
+    except ConfigError as exc:
+        log.error("reload refused, still serving the old config:\n  %s", "\n  ".join(exc.errors))
+        return
     for name in _FIXED:
         if getattr(old, name) != getattr(new, name):
             log.warning("reload: %s changed; it takes effect only after a restart", name)

@@ -43,6 +43,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     usage = [await state.usage(i) for i in ids]
     window_keys = [f"{kind}:{t.key_id}" for t in targets.values() for kind in ("rpm", "tpm")]
     windows = await state.windows(window_keys, now)
+    exhausts = await runtime.policies.predictor.exhausts_in(list(targets.values()))
     out_targets = []
     for n, (tid, t) in enumerate(targets.items()):
         h, u, stats = health[n], usage[n], m.target(t)
@@ -68,6 +69,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
                 "errors": stats.errors,
                 "rpm": {"used": rpm.total, "limit": t.key.rpm},
                 "tpm": {"used": tpm.total, "limit": t.key.tpm},
+                "exhausts_in": _seconds(exhausts.get(t.key_id)),
                 "prompt_tokens": stats.prompt_tokens,
                 "completion_tokens": stats.completion_tokens,
                 "cost_usd": round(stats.cost, 6),
@@ -104,6 +106,10 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
         "clients": clients,
         "cache": await cache.status() if cache is not None else None,
     }
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 async def dashboard(request: web.Request) -> web.Response:

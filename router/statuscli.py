@@ -37,6 +37,7 @@ def render(data: dict[str, Any], url: str) -> str:
             "requests": t["requests"],
             "rpm": _limit(t["rpm"]),
             "tpm": _limit(t["tpm"]),
+            "exhausts_in": "-" if t.get("exhausts_in") is None else f"{t['exhausts_in']:g}s",
             "cost_usd": t["cost_usd"],
         }
         for t in data["targets"]

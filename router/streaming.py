@@ -7,6 +7,8 @@ can only be reported in-band: an OpenAI-shaped `data: {"error": ...}` event, nev
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -18,12 +20,16 @@ from aiohttp.tcp_helpers import tcp_nodelay
 from router.compression import StreamCompressor
 from router.errors import UpstreamError, error_body
 from router.payload import Tokens, usage_tokens
-from router.upstream import Reply
+from router.providers import anthropic
+from router.providers.http import Reply
 
+log = logging.getLogger("router.streaming")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # The Responses API's stream has no [DONE]: it ends with one of these events.
 _RESPONSES_MARK = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 _RESPONSES_END = ("response.completed", "response.incomplete")
+# Anthropic's Messages API (/v1/messages): usage in message_start/_delta, ends with message_stop.
+_MESSAGES_MARK = re.compile(rb'"type"\s*:\s*"(?:message_(?:start|delta|stop)|error)"')
 
 
 @dataclass
@@ -65,12 +71,16 @@ class Relay:
         *,
         strip_usage: bool,
         responses: bool,
+        messages: bool = False,
+        write_timeout: float = 60.0,
         tee: Callable[[bytes], None] | None = None,
     ) -> None:
         self.reply = reply
+        self.write_timeout = write_timeout  # a client that stops reading is dropped after it
         self.tee = tee  # sees each run once the client has it (the response cache adds it up)
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
         self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
+        self.messages = anthropic.MessageUsage() if messages else None  # Anthropic's native API
         self.outcome = StreamOutcome()
         self._events = _Events(reply.chunks())
         self._done = False
@@ -99,6 +109,8 @@ class Relay:
 
     def _notable(self, data: bytes) -> bool:
         """Whether bytes may hold usage, an error or the end of the stream."""
+        if self.messages is not None:
+            return _MESSAGES_MARK.search(data) is not None
         if b'"usage"' in data or b'"error"' in data:
             return True
         return self.responses and _RESPONSES_MARK.search(data) is not None
@@ -109,6 +121,16 @@ class Relay:
         except orjson.JSONDecodeError:
             return True
         if not isinstance(obj, dict):
+            return True
+        if self.messages is not None:
+            kind = obj.get("type")
+            if kind == "message_stop":
+                self._done = True
+            elif kind == "error":
+                self.outcome.error = "upstream sent an error event"
+            else:  # message_start carries the prompt's usage, message_delta the running total
+                usage = obj.get("usage") or (obj.get("message") or {}).get("usage")
+                self.outcome.tokens = self.messages.update(usage)
             return True
         if self.responses:
             kind = obj.get("type")
@@ -157,13 +179,20 @@ class Relay:
         if packer:
             resp.headers["Content-Encoding"] = encoding or ""
         await resp.prepare(request)
-        if request.transport is not None:
-            tcp_nodelay(request.transport, True)  # an event must not wait for the next one
+        transport = request.transport
+        if transport is not None:
+            tcp_nodelay(transport, True)  # an event must not wait for the next one
         run: bytes | None = first
+        watchdog = _Watchdog(transport, self.write_timeout) if transport is not None else None
         try:
             while run is not None:
                 if run:
-                    await resp.write(packer.feed(run) if packer else run)
+                    data = packer.feed(run) if packer else run
+                    if watchdog is not None:
+                        watchdog.since = watchdog.loop.time()
+                    await resp.write(data)
+                    if watchdog is not None:
+                        watchdog.since = None
                     if self.tee is not None:
                         self.tee(run)
                 if self.outcome.error:
@@ -171,29 +200,80 @@ class Relay:
                 run = await self._events.next()
                 run = self._inspect(run) if run is not None else None
             if not self.outcome.error and not self._done:
-                end = "response.completed" if self.responses else "[DONE]"
-                self.outcome.error = f"upstream stream ended before {end}"
+                self.outcome.error = f"upstream stream ended before {self._end()}"
         except UpstreamError as exc:
             self.outcome.error = exc.reason
-        except ConnectionResetError:  # the client left; the caller closes the upstream
-            self.outcome.client_gone = True
+        except ConnectionResetError:  # the client left (or was dropped); the caller closes
+            self.outcome.client_gone = True  # the upstream
             return resp
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
         try:
             tail = b""
             if self.outcome.error and not self._sent_error_event():
                 tail = b"data: " + _error_payload(self.outcome.error) + b"\n\n"
+                if self.messages is not None:
+                    tail = anthropic.error_event(
+                        f"The upstream stream failed: {self.outcome.error}"
+                    )
             if packer:
                 tail = packer.feed(tail) + packer.finish() if tail else packer.finish()
-            if tail:
-                await resp.write(tail)
-            await resp.write_eof()
+            async with asyncio.timeout(self.write_timeout):
+                if tail:
+                    await resp.write(tail)
+                await resp.write_eof()
         except ConnectionResetError:
             self.outcome.client_gone = True
+        except TimeoutError:
+            self.outcome.client_gone = True
+            if transport is not None:
+                transport.abort()
         return resp
+
+    async def runs(self) -> AsyncIterator[bytes]:
+        """The stream read to its end by a reader that is not an HTTP client (`eval`).
+
+        Yields each run of events as inspected; `outcome` then holds usage and any error.
+        UpstreamError from the transport propagates.
+        """
+        while not self.outcome.error and (run := await self._events.next()) is not None:
+            yield self._inspect(run)
+        if not self.outcome.error and not self._done:
+            self.outcome.error = f"upstream stream ended before {self._end()}"
+
+    def _end(self) -> str:
+        """What a complete stream ends with, in the client's API."""
+        if self.messages is not None:
+            return "message_stop"
+        return "response.completed" if self.responses else "[DONE]"
 
     def _sent_error_event(self) -> bool:
         # An upstream error event was already forwarded as it came; do not add a second.
         return self.outcome.error == "upstream sent an error event"
+
+
+class _Watchdog:
+    """Drops a client whose socket has not taken a write for `timeout` seconds: a stream
+    must not stay in flight, holding its reservation, because its reader went away
+    without closing. One timer per stream, not one per write."""
+
+    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.timeout = timeout
+        self.since: float | None = None  # when the write in progress began
+        self._timer = self.loop.call_later(timeout / 2, self._check)
+
+    def _check(self) -> None:
+        if self.since is not None and self.loop.time() - self.since >= self.timeout:
+            log.warning("a client stopped reading its stream for %gs: dropped", self.timeout)
+            self.transport.abort()  # the blocked write raises ConnectionResetError
+            return
+        self._timer = self.loop.call_later(self.timeout / 2, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 def _error_payload(reason: str) -> bytes:

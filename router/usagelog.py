@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import glob
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -17,14 +19,20 @@ import orjson
 
 MAX_BYTES = 100 * 1024 * 1024
 FLUSH_EVERY = 0.5  # seconds
+MAX_BACKLOG = 1_000_000  # lines kept while the file cannot be written (about 300 MB)
+log = logging.getLogger("router.usagelog")
 
 
 class UsageLog:
     def __init__(self, path: str, max_bytes: int = MAX_BYTES) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        # Workers of one server share the file: rotation happens under this lock, and the
+        # day is read from the file itself, so two workers never both rotate it.
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._lines: list[bytes] = []
-        self._day = time.strftime("%Y-%m-%d", time.gmtime())
+        self._failing = False
+        self.dropped = 0  # lines given up after the backlog passed MAX_BACKLOG
 
     def add(self, record: dict[str, Any]) -> None:
         self._lines.append(orjson.dumps(record) + b"\n")
@@ -35,32 +43,54 @@ class UsageLog:
             await self.flush()
 
     async def flush(self) -> None:
-        if self._lines:
-            lines, self._lines = self._lines, []
+        """Write what has queued up. A failed write keeps its lines for the next try."""
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        try:
             await asyncio.to_thread(self._write, b"".join(lines))
+        except OSError as exc:
+            self._lines[:0] = lines
+            if len(self._lines) > MAX_BACKLOG:
+                over = len(self._lines) - MAX_BACKLOG
+                del self._lines[:over]
+                self.dropped += over
+            if not self._failing:
+                self._failing = True
+                log.error("usage log %s cannot be written (%s); keeping lines and retrying",
+                          self.path, exc.strerror or type(exc).__name__)  # fmt: skip
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("usage log %s is written again (%d lines were dropped meanwhile)",
+                        self.path, self.dropped)  # fmt: skip
 
     def _write(self, data: bytes) -> None:
-        self._rotate_if_due(len(data))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
-            f.write(data)
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._rotate_if_due(len(data))
+            with open(self.path, "ab") as f:
+                f.write(data)
 
     def _rotate_if_due(self, incoming: int) -> None:
-        day = time.strftime("%Y-%m-%d", time.gmtime())
         try:
-            size = self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError:
-            self._day = day
             return
-        if day != self._day or size + incoming > self.max_bytes:
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        if st.st_size and (
+            time.strftime("%Y-%m-%d", time.gmtime(st.st_mtime)) != day
+            or st.st_size + incoming > self.max_bytes
+        ):
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
             target = self.path.with_name(f"{self.path.name}.{stamp}")
             n = 1
             while target.exists():
                 target = self.path.with_name(f"{self.path.name}.{stamp}-{n}")
                 n += 1
             os.replace(self.path, target)
-            self._day = day
 
 
 def read(path: str) -> Iterator[dict[str, Any]]:

@@ -59,21 +59,11 @@ def redis_server() -> Any:
 @pytest.fixture
 def fakes_thread() -> Any:
     """A fake provider on a real port in a background loop, for subprocess routers."""
-    from aiohttp import web
-
-    from tests.fakes import BackgroundLoop
+    from tests.fakes import BackgroundLoop, start_site
 
     bg = BackgroundLoop()
     fake = FakeProvider()
-    runner = web.AppRunner(fake.app())
-
-    async def start() -> int:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    port = bg.run(start())
+    runner, port = bg.run(start_site(fake.app()))
     yield fake, f"http://127.0.0.1:{port}/v1", bg
     bg.run(runner.cleanup())
     bg.close()

@@ -236,6 +236,17 @@ class BackgroundLoop:
         self.loop.close()
 
 
+async def start_site(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve `app` on a free loopback port; a client that leaves cancels its handler."""
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
 class LiveStack:
     """A fake provider and a router, both on real loopback ports, in a background loop."""
 
@@ -252,14 +263,9 @@ class LiveStack:
         self.url = f"http://127.0.0.1:{port}"
 
     async def _start(self, app: web.Application) -> int:
-        runner = web.AppRunner(app, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, port = await start_site(app)
         self.runners.append(runner)
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return port
 
     def close(self) -> None:
         for runner in reversed(self.runners):

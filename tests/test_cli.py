@@ -64,7 +64,7 @@ def test_demo_config_answers_with_no_config_anywhere(tmp_path: Path) -> None:
         assert r.json()["choices"][0]["message"]["content"] == "[MOCK] ping"
         assert r.json()["usage"]["total_tokens"] > 0
         models = httpx.get(server.url + "/v1/models").json()
-        assert [m["id"] for m in models["data"]] == ["demo", "demo-fast"]
+        assert [m["id"] for m in models["data"]] == ["demo", "demo-fast", "demo-claude"]
     finally:
         code, out = server.stop()
     assert code == 0

@@ -136,7 +136,7 @@ def test_bad_types_and_choices() -> None:
     tree["groups"][0]["models"] = []
     errors = errors_of(tree)
     assert 'port: must be an integer >= 0, got "eighty"' in errors
-    assert 'providers[0].type: must be one of openai, mock, got "azure"' in errors
+    assert 'providers[0].type: must be one of openai, anthropic, mock, got "azure"' in errors
     assert 'logging.format: must be one of text, json, got "xml"' in errors
     assert "groups[0].models: must list at least one model" in errors
 
@@ -210,3 +210,11 @@ def test_cache_settings_load() -> None:
     )
     assert cache.semantic is not None and cache.semantic.threshold == 0.9
     assert cache.coalesce and cache.max_entry_bytes == 1048576 and cache.redis_url is None
+
+
+def test_a_cache_embedder_group_must_serve_embeddings() -> None:
+    tree = yaml.safe_load(GO_SEED_CONFIG)
+    tree["providers"].append({"name": "claude", "type": "anthropic", "api_keys": ["k"]})
+    tree["groups"].append({"name": "claude", "models": [{"provider": "claude", "name": "c"}]})
+    tree["cache"] = {"backend": "memory", "semantic": {"embedder": "claude"}}
+    assert errors_of(tree) == ["cache.semantic.embedder: group 'claude' serves no embeddings"]

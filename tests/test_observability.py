@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -172,11 +173,12 @@ async def test_usage_log_rotates_by_size_and_by_day(tmp_path: Path) -> None:
     for i in range(6):
         log.add({"i": i, "pad": "x" * 50})
         await log.flush()
-    rotated = sorted(p.name for p in tmp_path.iterdir() if p.name != "u.jsonl")
+    rotated = sorted(p.name for p in tmp_path.iterdir() if p.name[0] != "." and p.name != "u.jsonl")
     assert rotated and all(name.startswith("u.jsonl.") for name in rotated)
     assert [r["i"] for r in read(str(tmp_path / "u.jsonl"))] == list(range(6))
     log.max_bytes = 10**9
-    log._day = "1999-01-01"  # the UTC day has turned since the last write
+    day_ago = time.time() - 86400
+    os.utime(tmp_path / "u.jsonl", (day_ago, day_ago))  # last written on the day before
     n = len(list(tmp_path.iterdir()))
     log.add({"i": 6})
     await log.flush()

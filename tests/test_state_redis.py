@@ -69,8 +69,8 @@ async def test_two_instances_never_both_take_the_last_unit(
     results = await asyncio.gather(
         *(s.take("rpm:k", 1, 10, now) for _ in range(20) for s in (a, b))
     )
-    assert sum(r is None for r in results) == 10
-    assert all(r is None or r == pytest.approx(now + 60, abs=1) for r in results)
+    assert sum(r.entry is not None for r in results) == 10
+    assert all(r.entry or r.until == pytest.approx(now + 60, abs=1) for r in results)
     await a.close()
     await b.close()
 
@@ -114,10 +114,10 @@ async def test_every_key_has_a_ttl_after_a_run(
     db = redis.Redis.from_url(redis_server.url)
     keys = list(db.scan_iter(f"{prefix}:*"))
     kinds = {k.decode().rsplit(":", 1)[1] for k in keys}
-    assert {"usage", "win", "health", "w", "total"} <= kinds
+    assert {"usage", "win", "health", "w", "spent"} <= kinds
     ttls = {k.decode(): db.ttl(k) for k in keys}
     assert all(t > 0 for t in ttls.values()), ttls
-    # A target's keys share one hash tag, so Redis Cluster keeps them in one slot.
+    # A target's keys share one hash tag (one slot, should Redis Cluster be supported).
     assert any(k.startswith(f"{prefix}:{{p0/p0#0/up-0}}:") for k in ttls)
     db.close()
 

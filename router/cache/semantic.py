@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import orjson
 
+from router import providers
 from router.balancer import Target
 from router.errors import RouterError, UpstreamError
 from router.keys import LIVE, METRICS, UPSTREAMS
@@ -88,14 +89,15 @@ class GroupEmbedder:
     async def embed(self, app: web.Application, text: str) -> Vector | None:
         runtime = app[LIVE].runtime
         balancer, metrics = runtime.balancer, app[METRICS]
-        try:
-            targets = balancer.targets(self.group)
+        body = {"model": self.group, "input": text, "encoding_format": "float"}
+        try:  # (only targets whose API has embeddings: not Anthropic's)
+            targets = providers.serving(balancer.targets(self.group), "/embeddings", body)
         except RouterError:  # gone in a reload (the cache keeps its config until a restart)
             return None
-        body = {"model": self.group, "input": text, "encoding_format": "float"}
         reserve = len(text) / 4
         tried: list[Target] = []
         for _ in range(runtime.config.retry.attempts):
+            picked = balancer.clock()
             target, _blocked = await balancer.pick(targets, reserve, tried)
             if target is None:
                 return None
@@ -105,7 +107,7 @@ class GroupEmbedder:
             try:
                 raw = orjson.dumps({**body, "model": target.model.name})
                 reply = await app[UPSTREAMS][target.provider.type].send(
-                    target, "/embeddings", raw, False
+                    target, "/embeddings", raw, False, {}
                 )
                 data = await reply.read()
                 reply.close()
@@ -121,7 +123,7 @@ class GroupEmbedder:
             except (UpstreamError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.debug("cache embedder %s failed: %s", target.describe(), exc)
             finally:
-                health = await balancer.finish(target, reserve, used, failed)
+                health = await balancer.finish(target, reserve, used, failed, picked)
                 metrics.attempt_done(target, failed, time.perf_counter() - began, health)
         return None
 

@@ -2,6 +2,8 @@
 
 Keys: target ids (`provider/key-label/model`) for usage and health; free-form names for
 sliding 60 s windows (rpm/tpm per provider key and per client) and period totals (budgets).
+Writes that need no answer return before a shared backend has them; its reads still count
+every change this router made, exactly once.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from router.breaker import Health
 from router.config import State as StateConfig
@@ -30,6 +32,11 @@ class Usage:
 class Window:
     total: float  # sum of amounts within the last WINDOW seconds (a count, for rpm)
     oldest: float  # when the oldest of them was added (it leaves the window at +WINDOW)
+
+
+class Taken(NamedTuple):
+    entry: str | None  # the window entry added, for adjust(); None: refused
+    until: float = 0.0  # refused: when the window's oldest entry leaves it
 
 
 class StateBackend(Protocol):
@@ -53,23 +60,63 @@ class StateBackend(Protocol):
     async def take_probe(self, key: str, now: float, cooldown: float) -> bool: ...
 
     async def record(
-        self, key: str, ok: bool, now: float, threshold: int, cooldown: float
-    ) -> Health: ...
+        self,
+        key: str,
+        ok: bool,
+        now: float,
+        threshold: int,
+        cooldown: float,
+        started: float | None = None,
+    ) -> Health:
+        """Apply a call's result; ignored if the call (picked at `started`, None: now)
+        started before the breaker last opened (router.breaker.on_result)."""
 
     async def cool(self, key: str, until: float, rate_limited: bool) -> None: ...
 
     # limits: sliding windows and period totals
     async def windows(self, keys: Sequence[str], now: float) -> list[Window]: ...
 
-    async def take(self, key: str, amount: float, limit: float, now: float) -> float | None:
-        """Add `amount` to a window unless that would pass `limit` (an empty window always
-        takes it). None when taken; else when the window's oldest entry leaves it."""
+    async def take(self, key: str, amount: float, limit: float, now: float) -> Taken:
+        """Add an entry of `amount` at `now` to a window unless that would pass `limit` (an
+        empty window always takes it)."""
 
-    async def hit(self, key: str, amount: float, now: float) -> None: ...
+    async def adjust(self, key: str, entry: str, amount: float) -> None:
+        """Set a taken entry's amount in place (0 gives it back); it keeps its time, so it
+        leaves the window when the original would have."""
 
-    async def totals(self, keys: Sequence[str]) -> list[float]: ...
+    async def hit(self, key: str, amount: float, now: float) -> None:
+        """Add an entry to a window unconditionally."""
+
+    async def totals(self, keys: Sequence[str]) -> list[float]:
+        """Period totals (budget spend), not counting holds."""
 
     async def add_total(self, key: str, amount: float, ttl: float) -> None: ...
+
+    async def hold_total(self, key: str, amount: float, limit: float) -> str | None:
+        """Hold `amount` on a period total until release_total(), unless the total with every
+        hold on it is at `limit` already. The hold's id; None when refused."""
+
+    async def release_total(self, key: str, hold: str) -> None: ...
+
+    async def recent(
+        self, keys: Sequence[str], now: float, span: float
+    ) -> list[tuple[float, float, float]]:
+        """Per window: its total, the part added in the last `span` seconds, and when the
+        oldest of that part was added (`now` when none) -- the rate of use, for prediction."""
+
+    # routing signals [policies]
+    async def turn(self, key: str) -> int:
+        """Advance a counter (round-robin turns) and return its new value, from 1."""
+
+    async def latencies(self, keys: Sequence[str]) -> list[float | None]:
+        """The EMAs kept by sample(), None where there is no sample yet."""
+
+    async def sample(self, key: str, value: float, alpha: float) -> None: ...
+
+    async def sticky(self, key: str) -> str | None:
+        """A session's target id, while its affinity lasts."""
+
+    async def stick(self, key: str, value: str, ttl: float) -> None: ...
 
     async def start(self) -> None:
         """Begin background work (a Redis backend watches its connection)."""

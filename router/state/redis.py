@@ -1,10 +1,15 @@
 """Routing state in Redis, shared by every router that points at it.
 
 Each read-modify-write is one Lua script, so two routers never both take the last unit of
-a limit. Every key carries a TTL. A logical key `name` lives at `prefix:{name}:kind`: the
-braces are a hash tag, so a target's keys share a slot and Redis Cluster works.
+a limit. Every key carries a TTL. A logical key `name` lives at `prefix:{name}:kind` (the
+braces are a hash tag: a target's keys would share a Cluster slot, but Cluster is not
+supported yet). Loads and budgets are kept per router (fields named by the router's id):
+a router writes its own share as absolute values, behind the request, and reads the others'
+shares plus its own exact local view. So a read never depends on which writes Redis has
+had, and a write that failed is just sent again.
 Redis trouble never hangs a request: each call has a tight timeout, and while Redis is
-unreachable the router serves on a local MemoryState, watching for Redis to come back.
+unreachable the router serves on a local MemoryState and keeps its writes until Redis is
+back (then it writes all of its state again, in case Redis lost it).
 """
 
 from __future__ import annotations
@@ -13,22 +18,23 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from router.breaker import Health
 from router.config import State as StateConfig
-from router.state import WINDOW, Clock, Usage, Window
-from router.state.behind import Delta, Fill, WriteBehind
-from router.state.lua import COOL, LOADS, PROBE, RECORD, TAKE, WINDOWS
+from router.state import WINDOW, Clock, Taken, Usage, Window
+from router.state.behind import Fill, WriteBehind
+from router.state.lua import COOL, EMA, HOLD, LOADS, PROBE, PUT, RECENT, RECORD, TAKE, WINDOWS
 from router.state.memory import MemoryState
 
 log = logging.getLogger("router.state")
@@ -37,6 +43,7 @@ T = TypeVar("T")
 CALL_TIMEOUT = 0.25  # seconds: a request must never wait long on Redis
 HEALTH_TTL = 86400  # health hashes are rewritten on every outcome
 USAGE_TTL = 7 * 86400  # cumulative usage of a target nobody calls for a week is dropped
+SIGNAL_TTL = 86400  # round-robin turns and latency EMAs of a group nobody uses
 
 
 def _health(raw: dict[bytes, bytes] | list[Any]) -> Health:
@@ -50,6 +57,7 @@ def _health(raw: dict[bytes, bytes] | list[Any]) -> Health:
         breaker=state if state in ("open", "half-open") else "closed",  # type: ignore[arg-type]
         failures=int(float(get.get("failures", "0"))),
         until=float(get.get("until", "0")),
+        opened=float(get.get("opened", "0")),
         cooldown_until=float(get.get("cooldown_until", "0")),
         rate_limited=get.get("rate_limited") == "1",
     )
@@ -72,23 +80,22 @@ class RedisState:
         )
         self._scripts = {
             name: self.client.register_script(src)
-            for name, src in (("loads", LOADS), ("take", TAKE), ("windows", WINDOWS),
-                              ("probe", PROBE), ("record", RECORD), ("cool", COOL))
+            for name, src in (("loads", LOADS), ("take", TAKE), ("put", PUT), ("windows", WINDOWS),
+                              ("hold", HOLD), ("probe", PROBE), ("record", RECORD), ("cool", COOL))
         }  # fmt: skip
         self._ids = itertools.count()
-        self._me = os.urandom(6).hex()  # makes window and reservation members unique
-        self._held: dict[str, list[tuple[str, float]]] = {}  # our reservations per key
+        self._me = os.urandom(6).hex()  # this router's id: its fields and window entries
+        self._acked: dict[str, float] = {}  # per target, the newest usage second Redis has
         self._down = False
         self._watcher: asyncio.Task[None] | None = None
-        self.behind = WriteBehind(self._pipeline, self._mark_down, CALL_TIMEOUT * 4)
+        self.behind = WriteBehind(
+            self.client, self._load_scripts, self._mark_down, CALL_TIMEOUT * 4
+        )
 
     # -- plumbing -------------------------------------------------------------------
 
     def k(self, name: str, kind: str) -> str:
         return f"{self.prefix}:{{{name}}}:{kind}"
-
-    def _member(self, amount: float) -> str:
-        return f"{self._me}.{next(self._ids)}:{amount!r}"
 
     @property
     def degraded(self) -> bool:
@@ -105,23 +112,11 @@ class RedisState:
                     return await remote()
                 except NoScriptError:  # Redis lost its scripts (a restart, SCRIPT FLUSH)
                     await self._load_scripts()
+                    self._rewrite()  # and perhaps the rest of its data
                     return await remote()  # reads and checks only: safe to send again
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
             return await local()
-
-    @contextlib.asynccontextmanager
-    async def _pipeline(self) -> AsyncIterator[Pipeline]:
-        """A pipeline holding its connection before any command is queued.
-
-        execute() then writes to the socket without yielding to the loop first, so the
-        write-behind bookkeeping done just before it matches what Redis gets, in the order
-        it gets it. Left to itself, execute() might first open a connection.
-        """
-        async with self.client.pipeline(transaction=False) as pipe:
-            conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-            pipe.connection = cast(Connection, conn)
-            yield pipe
 
     async def _load_scripts(self) -> None:
         for script in self._scripts.values():
@@ -133,6 +128,7 @@ class RedisState:
         pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
 
     def _mark_down(self, exc: BaseException) -> None:
+        self.behind.pause()
         if not self._down:
             self._down = True
             log.error("redis unreachable (%s): serving on local state until it is back",
@@ -143,6 +139,7 @@ class RedisState:
             await asyncio.sleep(0.5)
             if not self._down:
                 continue
+            self.behind.discard(self._stale)  # a long outage must not pile up writes
             try:
                 async with asyncio.timeout(CALL_TIMEOUT * 2):
                     await self.client.ping()
@@ -157,6 +154,8 @@ class RedisState:
             except (RedisError, OSError, TimeoutError):
                 continue
             self._down = False
+            self._rewrite()
+            self.behind.resume()
             log.warning("redis is reachable again: shared state resumed")
 
     async def start(self) -> None:
@@ -182,88 +181,101 @@ class RedisState:
         """Wait until every queued write has been sent (tests, and a clean shutdown)."""
         await self.behind.flush()
 
-    def _later(self, fill: Fill, delta: Delta | None = None) -> None:
-        """Writes that need no answer go behind; reads and atomic checks stay synchronous."""
-        if not self._down:  # else the local copy has it; a Redis reservation would expire
-            self.behind.add(fill, delta)
+    def _later(self, key: Hashable, fill: Fill) -> None:
+        """Writes that need no answer go behind; reads and atomic checks stay synchronous.
+        While Redis is unreachable they wait, and are sent when it is back."""
+        self.behind.add(key, fill)
+
+    def _rewrite(self) -> None:
+        """Queue all of this router's state for writing: after an outage Redis may have
+        lost it (a restart without persistence) or missed writes that timed out."""
+        self._acked.clear()
+        for key in self.local.counter_keys():
+            self._later(("load", key), self._write_load(key))
+        for key in self.local.total_keys():
+            self._later(("total", key), self._write_total(key))
+        for key, e in self.local.entries():
+            if e.at > self.clock() - WINDOW:
+                self._later(("entry", key, e.id), self._write_entry(key, e.id))
 
     # -- balancing ------------------------------------------------------------------
 
-    async def _read(
-        self, keys: Sequence[str], health: bool
-    ) -> tuple[list[list[bytes]], list[Any], list[float]]:
-        """Loads (and health) of `keys` in one round trip, plus this router's changes that
-        had not reached Redis when it answered (see WriteBehind)."""
-        async with self._pipeline() as pipe:
+    def _write_load(self, key: str) -> Fill:
+        """This router's share of a target's load, as absolute values."""
+
+        def fill(pipe: Pipeline) -> Callable[[], None] | None:
+            c, me = self.local.counter(key), self._me
+            usage, held = self.k(key, "usage"), self.k(key, "reserved")
+            pipe.hset(usage, me, repr(c.total))
+            pipe.expire(usage, USAGE_TTL)
+            if c.reserved > 0:
+                pipe.hset(held, me, f"{c.reserved!r} {self.clock() + self.hold!r}")
+                pipe.expire(held, int(self.hold) + 60)
+            else:
+                pipe.hdel(held, me)
+            if not self.window:
+                return None
+            # Usage per second: only the current second's bucket still changes, so what
+            # Redis has up to the one before stays right.
+            since = self._acked.get(key, -math.inf)
+            fields = [(f"{int(s)}:{me}", repr(v)) for s, v in c.buckets if s >= since]
+            if not fields:
+                return None
+            win = self.k(key, "win")
+            pipe.hset(win, items=[x for field in fields for x in field])
+            pipe.expire(win, int(self.window) + 60)
+            newest = c.buckets[-1][0]
+            return lambda: self._acked.__setitem__(key, newest)
+
+        return fill
+
+    async def _read(self, keys: Sequence[str], health: bool) -> tuple[list[Usage], list[Any]]:
+        """Loads (and health) of `keys` in one round trip: the other routers' shares from
+        Redis plus this router's own from its local state, which is exact."""
+        async with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
-                keys3 = [self.k(key, "usage"), self.k(key, "held"), self.k(key, "win")]
-                self._eval(pipe, "loads", keys3, [self.clock(), self.window])
+                keys3 = [self.k(key, "usage"), self.k(key, "reserved"), self.k(key, "win")]
+                self._eval(pipe, "loads", keys3, [self.clock(), self.window, self._me])
                 if health:
                     pipe.hgetall(self.k(key, "health"))
-            before = self.behind.sent_before(keys)
             out = await pipe.execute()
-        missing = self.behind.missing(keys, before)
         step = 2 if health else 1
-        return out[::step], out[1::step] if health else [], missing
-
-    @staticmethod
-    def _loads_of(rows: Sequence[list[bytes]], missing: Sequence[float]) -> list[float]:
-        return [float(u) + float(r) + d for (u, r, _), d in zip(rows, missing, strict=True)]
+        usages = []
+        for key, (u, r, t) in zip(keys, out[::step], strict=True):
+            mine = await self.local.usage(key)
+            usages.append(
+                Usage(float(u) + mine.window, float(t) + mine.total, float(r) + mine.reserved)
+            )
+        return usages, out[1::step] if health else []
 
     async def view(self, keys: Sequence[str]) -> tuple[list[float], list[Health]]:
         """Loads and health in one round trip: what a pick needs."""
 
         async def remote() -> tuple[list[float], list[Health]]:
-            rows, healths, missing = await self._read(keys, True)
-            return self._loads_of(rows, missing), [_health(raw) for raw in healths]
+            usages, healths = await self._read(keys, True)
+            return [u.window + u.reserved for u in usages], [_health(raw) for raw in healths]
 
         return await self._guard(remote, lambda: self.local.view(keys))
 
     async def loads(self, keys: Sequence[str]) -> list[float]:
         async def remote() -> list[float]:
-            rows, _, missing = await self._read(keys, False)
-            return self._loads_of(rows, missing)
+            usages, _ = await self._read(keys, False)
+            return [u.window + u.reserved for u in usages]
 
         return await self._guard(remote, lambda: self.local.loads(keys))
 
     async def reserve(self, key: str, tokens: float) -> None:
-        member = self._member(tokens)
-        self._held.setdefault(key, []).append((member, tokens))
-
-        async def fill(pipe: Pipeline) -> None:
-            held = self.k(key, "held")
-            pipe.zadd(held, {member: self.clock() + self.hold})
-            pipe.expire(held, int(self.hold) + 60)
-
         await self.local.reserve(key, tokens)
-        self._later(fill, (key, tokens))
+        self._later(("load", key), self._write_load(key))
 
     async def settle(self, key: str, reserved: float, used: float) -> None:
-        mine = self._held.get(key, [])
-        member = next((m for m, t in mine if t == reserved), mine[0][0] if mine else None)
-        if member is not None:
-            mine[:] = [(m, t) for m, t in mine if m != member]
-            if not mine:
-                self._held.pop(key, None)
-
-        async def fill(pipe: Pipeline) -> None:
-            if member is not None:
-                pipe.zrem(self.k(key, "held"), member)
-            if used:
-                pipe.hincrbyfloat(self.k(key, "usage"), "total", used)
-                pipe.expire(self.k(key, "usage"), USAGE_TTL)
-                if self.window:
-                    win = self.k(key, "win")
-                    pipe.hincrbyfloat(win, str(int(self.clock())), used)
-                    pipe.expire(win, int(self.window) + 60)
-
         await self.local.settle(key, reserved, used)
-        self._later(fill, (key, (used if used else 0.0) - (reserved if member else 0.0)))
+        self._later(("load", key), self._write_load(key))
 
     async def usage(self, key: str) -> Usage:
         async def remote() -> Usage:
-            [(u, r, t)], _, _ = await self._read([key], False)
-            return Usage(window=float(u), total=float(t), reserved=float(r))
+            [usage], _ = await self._read([key], False)
+            return usage
 
         return await self._guard(remote, lambda: self.local.usage(key))
 
@@ -286,34 +298,38 @@ class RedisState:
         return await self._guard(remote, lambda: self.local.take_probe(key, now, cooldown))
 
     async def record(
-        self, key: str, ok: bool, now: float, threshold: int, cooldown: float
+        self,
+        key: str,
+        ok: bool,
+        now: float,
+        threshold: int,
+        cooldown: float,
+        started: float | None = None,
     ) -> Health:
-        args = [int(ok), now, threshold, cooldown, HEALTH_TTL]
+        args = [int(ok), now, threshold, cooldown, HEALTH_TTL, now if started is None else started]
         keys = [self.k(key, "health")]
 
         async def remote() -> Health:
             return _health(await self._scripts["record"](keys=keys, args=args))
 
-        async def fill(pipe: Pipeline) -> None:
-            # A success closes the breaker: no read needed, so no script (a batch with a
-            # script in it could fail half-sent on NOSCRIPT after a Redis restart).
-            pipe.hset(keys[0], mapping={"breaker": "closed", "failures": "0", "until": "0"})
-            pipe.expire(keys[0], HEALTH_TTL)
+        def fill(pipe: Pipeline) -> None:
+            self._eval(pipe, "record", keys, args)
 
-        local = await self.local.record(key, ok, now, threshold, cooldown)
-        if ok:  # successes are the common case: written behind; failures at once
-            self._later(fill)
+        local = await self.local.record(key, ok, now, threshold, cooldown, started)
+        if ok:  # successes are the common case: written behind (the latest one is enough)
+            self._later(("success", key), fill)
             return local
         return await self._guard(remote, lambda: _value(local))
 
     async def cool(self, key: str, until: float, rate_limited: bool) -> None:
-        async def remote() -> None:
-            ttl = max(HEALTH_TTL, int(until - self.clock()) + 60)
-            args = [until, int(rate_limited), ttl]
-            await self._scripts["cool"](keys=[self.k(key, "health")], args=args)
+        ttl = max(HEALTH_TTL, int(until - self.clock()) + 60)
+        args = [until, int(rate_limited), ttl]
+
+        def fill(pipe: Pipeline) -> None:
+            self._eval(pipe, "cool", [self.k(key, "health")], args)
 
         await self.local.cool(key, until, rate_limited)
-        await self._guard(remote, _nothing)
+        self._later(("cool", key, until), fill)
 
     # -- limits ---------------------------------------------------------------------
 
@@ -326,46 +342,161 @@ class RedisState:
 
         return await self._guard(remote, lambda: self.local.windows(keys, now))
 
-    async def take(self, key: str, amount: float, limit: float, now: float) -> float | None:
-        async def remote() -> float | None:
-            args: list[str | float] = [now, amount, limit, WINDOW, f"{self._me}.{next(self._ids)}"]
+    async def take(self, key: str, amount: float, limit: float, now: float) -> Taken:
+        entry = f"{self._me}.{next(self._ids)}"  # a window member is "<entry>:<amount>"
+
+        async def remote() -> Taken:
+            args: list[str | float] = [now, amount, limit, WINDOW, entry]
             until = await self._scripts["take"](keys=[self.k(key, "w")], args=args)
             if until is not None:
-                return float(until)
-            await self.local.hit(key, amount, now)  # a local copy, should Redis go away
-            return None
+                return Taken(None, float(until))
+            await self.local.hit(key, amount, now, entry)  # a local copy, for adjust()
+            return Taken(entry)
 
-        return await self._guard(remote, lambda: self.local.take(key, amount, limit, now))
+        async def local() -> Taken:
+            taken = await self.local.take(key, amount, limit, now, entry)
+            if taken.entry is not None:  # Redis gets it when it is back
+                self._later(("entry", key, entry), self._write_entry(key, entry))
+            return taken
+
+        return await self._guard(remote, local)
+
+    async def adjust(self, key: str, entry: str, amount: float) -> None:
+        await self.local.adjust(key, entry, amount)
+        self._later(("entry", key, entry), self._write_entry(key, entry))
 
     async def hit(self, key: str, amount: float, now: float) -> None:
-        async def fill(pipe: Pipeline) -> None:
-            w = self.k(key, "w")
-            pipe.zadd(w, {self._member(amount): now})
-            pipe.expire(w, int(WINDOW) + 1)
+        entry = f"{self._me}.{next(self._ids)}"
+        await self.local.hit(key, amount, now, entry)
+        self._later(("entry", key, entry), self._write_entry(key, entry))
 
-        await self.local.hit(key, amount, now)
-        self._later(fill)
+    def _write_entry(self, key: str, entry: str) -> Fill:
+        def fill(pipe: Pipeline) -> None:
+            e = self.local.entry(key, entry)
+            if e is not None and e.at > self.clock() - WINDOW:  # else it has left the window
+                self._eval(pipe, "put", [self.k(key, "w")], [entry, e.at, e.amount, WINDOW])
+
+        return fill
+
+    def _stale(self, write: Hashable) -> bool:
+        """A queued window write whose entry has left the window: nothing to send."""
+        if not (isinstance(write, tuple) and write[0] == "entry"):
+            return False
+        e = self.local.entry(write[1], write[2])
+        return e is None or e.at <= self.clock() - WINDOW
 
     async def totals(self, keys: Sequence[str]) -> list[float]:
+        """Period totals (budgets): the other routers' shares plus this one's."""
+
         async def remote() -> list[float]:
             async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:  # one GET each: the keys may live in different cluster slots
-                    pipe.get(self.k(key, "total"))
-                return [float(v) if v is not None else 0.0 for v in await pipe.execute()]
+                for key in keys:  # one read each: the keys may live in different cluster slots
+                    pipe.hgetall(self.k(key, "spent"))
+                shares = await pipe.execute()
+            mine = await self.local.totals(keys)
+            return [
+                sum(float(v) for r, v in share.items() if r.decode() != self._me) + own
+                for share, own in zip(shares, mine, strict=True)
+            ]
 
         return await self._guard(remote, lambda: self.local.totals(keys))
 
     async def add_total(self, key: str, amount: float, ttl: float) -> None:
-        async def fill(pipe: Pipeline) -> None:
-            pipe.incrbyfloat(self.k(key, "total"), amount)
-            pipe.expire(self.k(key, "total"), int(ttl), nx=True)
-
         await self.local.add_total(key, amount, ttl)
-        self._later(fill)
+        self._later(("total", key), self._write_total(key))
 
+    async def recent(
+        self, keys: Sequence[str], now: float, span: float
+    ) -> list[tuple[float, float, float]]:
+        async def remote() -> list[tuple[float, float, float]]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.eval(RECENT, 1, self.k(key, "w"), now, WINDOW, span)
+                rows = await pipe.execute()
+            return [(float(t), float(r), float(o)) for t, r, o in rows]
 
-async def _nothing() -> None:
-    return None
+        return await self._guard(remote, lambda: self.local.recent(keys, now, span))
+
+    # -- routing signals: round-robin turns, latency EMAs, session affinity -----------
+
+    async def turn(self, key: str) -> int:
+        async def remote() -> int:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(self.k(key, "turn"))
+                pipe.expire(self.k(key, "turn"), SIGNAL_TTL)
+                n, _ = await pipe.execute()
+            return int(n)
+
+        return await self._guard(remote, lambda: self.local.turn(key))
+
+    async def latencies(self, keys: Sequence[str]) -> list[float | None]:
+        async def remote() -> list[float | None]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self.k(key, "ema"))
+                return [float(v) if v is not None else None for v in await pipe.execute()]
+
+        return await self._guard(remote, lambda: self.local.latencies(keys))
+
+    async def sample(self, key: str, value: float, alpha: float) -> None:
+        def fill(pipe: Pipeline) -> None:
+            # EVAL with the source, not by SHA: a written-behind batch must not meet NOSCRIPT.
+            # Queued under one name per EMA: samples a batch has not sent yet collapse to
+            # the latest, which keeps an outage's queue bounded.
+            pipe.eval(EMA, 1, self.k(key, "ema"), value, alpha, SIGNAL_TTL)
+
+        await self.local.sample(key, value, alpha)
+        self._later(("ema", key), fill)
+
+    async def sticky(self, key: str) -> str | None:
+        async def remote() -> str | None:
+            v = await self.client.get(self.k(key, "stick"))
+            return v.decode() if isinstance(v, bytes) else v
+
+        return await self._guard(remote, lambda: self.local.sticky(key))
+
+    async def stick(self, key: str, value: str, ttl: float) -> None:
+        def fill(pipe: Pipeline) -> None:
+            pipe.set(self.k(key, "stick"), value, px=max(1, int(ttl * 1000)))
+
+        await self.local.stick(key, value, ttl)
+        self._later(("stick", key), fill)
+
+    async def hold_total(self, key: str, amount: float, limit: float) -> str | None:
+        """Holds live in Redis, one entry each, so every router's count at once; they
+        expire like reservations should their router die."""
+        hold, amount = f"{self._me}.{next(self._ids)}", float(amount)
+
+        async def remote() -> str | None:
+            now = self.clock()
+            [mine] = await self.local.totals([key])
+            args: list[str | float] = [self._me, mine, amount, limit, now, hold, now + self.hold]
+            keys = [self.k(key, "spent"), self.k(key, "holds")]
+            if not await self._scripts["hold"](keys=keys, args=args):
+                return None
+            return await self.local.hold_total(key, amount, math.inf, hold)  # to release it
+
+        return await self._guard(remote, lambda: self.local.hold_total(key, amount, limit, hold))
+
+    async def release_total(self, key: str, hold: str) -> None:
+        amount = self.local.held(hold)
+        await self.local.release_total(key, hold)
+
+        def fill(pipe: Pipeline) -> None:
+            pipe.zrem(self.k(key, "holds"), f"{hold}:{amount!r}")
+
+        if amount is not None:
+            self._later(("release", hold), fill)
+
+    def _write_total(self, key: str) -> Fill:
+        def fill(pipe: Pipeline) -> None:
+            amount, expires = self.local.total(key)
+            if expires > time.time():  # the period has not ended
+                spent = self.k(key, "spent")
+                pipe.hset(spent, self._me, repr(amount))
+                pipe.expireat(spent, math.ceil(expires))  # the same instant from every router
+
+        return fill
 
 
 async def _value(v: T) -> T:

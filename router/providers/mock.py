@@ -1,6 +1,8 @@
-"""The built-in `mock` provider: OpenAI-shaped echo replies with honest token counts, no network.
+"""The built-in `mock` provider: echo replies with honest token counts, no network.
 
-Its embeddings are character n-gram hashing vectors, so similar texts get similar vectors.
+It speaks OpenAI's API, and Anthropic's Messages API on `/v1/messages` (so a `type: mock,
+api: anthropic` provider runs the real Anthropic translator over it). Its embeddings are
+character n-gram hashing vectors, so similar texts get similar vectors.
 """
 
 from __future__ import annotations
@@ -67,7 +69,14 @@ class MockUpstream:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
 
-    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> MockReply:
+    async def post(
+        self, target: Target, path: str, body: bytes, headers: Mapping[str, str], stream: bool
+    ) -> MockReply:
+        return await self.send(target, path, body, stream, headers)
+
+    async def send(
+        self, target: Target, path: str, body: bytes, stream: bool, client: Mapping[str, str]
+    ) -> MockReply:
         p = target.provider
         if p.latency_ms:
             await asyncio.sleep(p.latency_ms / 1000)
@@ -80,9 +89,13 @@ class MockUpstream:
                     "code": "mock_failure",
                 }
             }
+            if path.endswith("/messages"):
+                return _anthropic_error(500, "api_error", "mock failure")
             return MockReply(500, orjson.dumps(err), False)
         req = orjson.loads(body)
         model = req.get("model", target.model.name)
+        if path.endswith("/messages"):
+            return _messages(req, model, stream)
         missing = _missing(path, req)
         if missing:  # what OpenAI answers, so clients see the same 400 through the router
             err = {
@@ -268,3 +281,59 @@ def _response_stream(model: str, answer: str, usage: dict[str, int]) -> list[byt
         + orjson.dumps({**e, "sequence_number": n}) + b"\n\n"
         for n, e in enumerate(events)
     ]  # fmt: skip
+
+
+def _anthropic_error(status: int, kind: str, message: str) -> MockReply:
+    err = {"type": "error", "error": {"type": kind, "message": message}}
+    return MockReply(status, orjson.dumps(err), False)
+
+
+def _messages(req: dict[str, Any], model: str, stream: bool) -> MockReply:
+    """Anthropic's Messages API: a message, or its event stream from message_start on."""
+    max_tokens = req.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        return _anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _anthropic_error(400, "invalid_request_error", "messages: Field required")
+    answer = f"[MOCK] {_last_user(messages)}".strip()
+    block: dict[str, Any] = {"type": "text", "text": answer}
+    stop = "end_turn"
+    choice, tools = req.get("tool_choice"), req.get("tools")
+    if not isinstance(choice, dict):
+        choice = {}
+    forced = choice.get("type") in ("any", "tool")
+    if forced and isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        name = choice.get("name") or tools[0].get("name")  # a forced call: made with {}
+        block = {"type": "tool_use", "id": _ident("toolu"), "name": name, "input": {}}
+        answer, stop = orjson.dumps(block).decode(), "tool_use"
+    usage = {
+        "input_tokens": count_tokens(_text_of([req.get("system") or "", messages])),
+        "output_tokens": count_tokens(answer),
+    }
+    msg: dict[str, Any] = {"id": _ident("msg"), "type": "message", "role": "assistant",
+                           "model": model, "content": [block], "stop_reason": stop,
+                           "stop_sequence": None, "usage": usage}  # fmt: skip
+    if not stream:
+        return MockReply(200, orjson.dumps(msg), False)
+    if block["type"] == "text":
+        start = {**block, "text": ""}
+        deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(answer)]
+    else:
+        start = block
+        deltas = [{"type": "input_json_delta", "partial_json": "{}"}]
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {**msg, "content": [], "stop_reason": None,
+                                              "usage": {**usage, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": start},
+        {"type": "ping"},
+        *({"type": "content_block_delta", "index": 0, "delta": d} for d in deltas),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+         "usage": {"output_tokens": usage["output_tokens"]}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    payload = [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events
+    ]
+    return MockReply(200, payload, True)

@@ -7,6 +7,7 @@ request (before headers) and around reading the body.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
@@ -30,7 +31,14 @@ class Reply(Protocol):
 
 
 class Upstream(Protocol):
-    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply: ...
+    """A provider as the proxy sees it: the client's request in, a reply in the client's API.
+
+    `client` is the client's request headers, for the few a provider forwards.
+    """
+
+    async def send(
+        self, target: Target, path: str, body: bytes, stream: bool, client: Mapping[str, str]
+    ) -> Reply: ...
 
 
 def _translate(exc: BaseException, when: str) -> UpstreamError:
@@ -86,8 +94,12 @@ class HttpUpstream:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self._headers: dict[str, dict[str, str]] = {}
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        # Keyed by the Target object, not its id: a reload builds new targets, so a rotated
+        # secret, new headers or timeouts apply from the next request, and the old entries
+        # go with the old config.
+        self._prepared_for: weakref.WeakKeyDictionary[
+            Target, tuple[dict[str, str], aiohttp.ClientTimeout]
+        ] = weakref.WeakKeyDictionary()
 
     def _prepared(self, target: Target) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
         """Headers and timeouts per target, built once.
@@ -95,22 +107,30 @@ class HttpUpstream:
         With first_byte_timeout == idle_timeout (the default) aiohttp's sock_read covers
         both, with no timer of ours per request; otherwise each gets its own.
         """
-        headers = self._headers.get(target.id)
-        if headers is None:
+        prepared = self._prepared_for.get(target)
+        if prepared is None:
             p = target.provider
             headers = {"Content-Type": "application/json", **p.headers}
             if target.key.secret:
                 headers["Authorization"] = f"Bearer {target.key.secret}"
-            self._headers[target.id] = headers
-            self._timeouts[target.id] = aiohttp.ClientTimeout(
+            timeout = aiohttp.ClientTimeout(
                 total=p.timeout,
                 connect=p.connect_timeout,
                 sock_read=p.idle_timeout if p.idle_timeout == p.first_byte_timeout else None,
             )
-        return headers, self._timeouts[target.id]
+            prepared = self._prepared_for[target] = (headers, timeout)
+        return prepared
 
-    async def send(self, target: Target, path: str, body: bytes, stream: bool) -> Reply:
-        headers, timeout = self._prepared(target)
+    async def send(
+        self, target: Target, path: str, body: bytes, stream: bool, client: Mapping[str, str]
+    ) -> Reply:
+        return await self.post(target, path, body, self._prepared(target)[0], stream)
+
+    async def post(
+        self, target: Target, path: str, body: bytes, headers: Mapping[str, str], stream: bool
+    ) -> Reply:
+        """The transport alone: any vendor's body and headers to base_url + path."""
+        timeout = self._prepared(target)[1]
         url = target.provider.base_url + path
         post = self.session.post(url, data=body, headers=headers, timeout=timeout)
         try:
