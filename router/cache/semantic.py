@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -179,77 +179,89 @@ class Semantic:
         self.index.add(family, key, vector, stored + self.ttl)
 
 
-@dataclass
 class _Family:
-    keys: list[str]
-    expires: list[float]
-    vectors: Vector  # one row per key
+    """One family's vectors as rows of a matrix that grows by doubling."""
+
+    __slots__ = ("keys", "rows", "expires", "vectors")
+
+    def __init__(self, dim: int) -> None:
+        self.keys: list[str] = []  # row -> key
+        self.rows: dict[str, int] = {}  # key -> row
+        self.expires = np.empty(8, dtype=np.float64)
+        self.vectors: Vector = np.empty((8, dim), dtype=np.float32)
+
+    def put(self, key: str, vector: Vector, expires: float) -> None:
+        i = self.rows.get(key)
+        if i is None:
+            i = len(self.keys)
+            if i == len(self.expires):
+                self.expires = np.resize(self.expires, 2 * i)
+                self.vectors = np.concatenate([self.vectors, np.empty_like(self.vectors)])
+            self.keys.append(key)
+            self.rows[key] = i
+        self.expires[i] = expires
+        self.vectors[i] = vector
+
+    def remove(self, key: str) -> None:
+        """The last row takes the removed one's place."""
+        i = self.rows.pop(key)
+        last = len(self.keys) - 1
+        if i != last:
+            moved = self.keys[i] = self.keys[last]
+            self.rows[moved] = i
+            self.expires[i] = self.expires[last]
+            self.vectors[i] = self.vectors[last]
+        self.keys.pop()
 
 
 class Index:
-    """Vectors by family (the exact key without `messages`); the best match within one."""
+    """Vectors by family (the exact key without `messages`); the best match within one.
+
+    At most `max_entries` vectors: the oldest added go first; expired ones are dropped
+    when their family is searched.
+    """
 
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
         self.max_entries = max_entries
         self.clock = clock
         self._families: dict[str, _Family] = {}
-        self._size = 0
+        self._order: OrderedDict[str, str] = OrderedDict()  # key -> family, oldest first
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._order)
 
     def add(self, family: str, key: str, vector: Vector, expires: float) -> None:
         f = self._families.get(family)
         if f is None:
-            self._families[family] = _Family([key], [expires], vector[None, :].copy())
-            self._size += 1
-        elif key in f.keys:
-            i = f.keys.index(key)
-            f.expires[i] = expires
-            f.vectors[i] = vector
-        elif f.vectors.shape[1] == vector.shape[0]:
-            f.keys.append(key)
-            f.expires.append(expires)
-            f.vectors = np.vstack([f.vectors, vector])
-            self._size += 1
-        if self._size > self.max_entries:
-            self._prune(self.clock(), oldest=True)
+            f = self._families[family] = _Family(vector.shape[0])
+        elif f.vectors.shape[1] != vector.shape[0]:
+            return  # another embedder's vectors (a changed config): not comparable
+        f.put(key, vector, expires)
+        self._order[key] = family
+        while len(self._order) > self.max_entries:
+            old, old_family = self._order.popitem(last=False)
+            self._remove(old_family, old)
 
     def best(self, family: str, vector: Vector) -> tuple[str, float] | None:
         f = self._families.get(family)
-        if f is None:
+        if f is None or f.vectors.shape[1] != vector.shape[0]:
             return None
-        if min(f.expires) <= self.clock():
-            self._prune(self.clock())
-            f = self._families.get(family)
-            if f is None:
-                return None
-        if f.vectors.shape[1] != vector.shape[0]:
+        n = len(f.keys)
+        expired = np.flatnonzero(f.expires[:n] <= self.clock())
+        for key in [f.keys[i] for i in expired]:
+            self.drop(family, key)
+        if family not in self._families:
             return None
-        sims = f.vectors @ vector
+        sims = f.vectors[: len(f.keys)] @ vector
         i = int(np.argmax(sims))
         return f.keys[i], min(1.0, max(0.0, float(sims[i])))
 
     def drop(self, family: str, key: str) -> None:
-        f = self._families.get(family)
-        if f is not None and key in f.keys:
-            self._remove(family, f, [f.keys.index(key)])
+        if (stored := self._order.pop(key, None)) is not None:
+            self._remove(stored, key)
 
-    def _prune(self, now: float, oldest: bool = False) -> None:
-        for family, f in list(self._families.items()):
-            gone = [i for i, t in enumerate(f.expires) if t <= now]
-            if gone:
-                self._remove(family, f, gone)
-        while oldest and self._size > self.max_entries:
-            family, f = min(self._families.items(), key=lambda kv: min(kv[1].expires))
-            self._remove(family, f, [f.expires.index(min(f.expires))])
-
-    def _remove(self, family: str, f: _Family, rows: list[int]) -> None:
-        keep = [i for i in range(len(f.keys)) if i not in set(rows)]
-        self._size -= len(f.keys) - len(keep)
-        if not keep:
+    def _remove(self, family: str, key: str) -> None:
+        f = self._families[family]
+        f.remove(key)
+        if not f.keys:
             del self._families[family]
-            return
-        f.keys = [f.keys[i] for i in keep]
-        f.expires = [f.expires[i] for i in keep]
-        f.vectors = f.vectors[keep]
