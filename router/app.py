@@ -35,6 +35,7 @@ from router.errors import (
 )
 from router.keys import (
     CLIENT,
+    HANDLERS,
     LIVE,
     METRICS,
     REQUEST_ID,
@@ -86,8 +87,16 @@ PROXIED = (
     "/v1/responses",
     "/v1/messages",
 )
+
+
 # Errors answer in the shape of the API the client called: OpenAI's, unless listed here.
-ERROR_SHAPES = {"/v1/messages": anthropic.error_response}
+def _error_shape(path: str) -> Callable[[RouterError], web.Response]:
+    """Errors render in the shape of the API the client called."""
+    if path.startswith("/v1/messages"):  # count_tokens and any other path of that API too
+        return anthropic.error_response
+    return error_response
+
+
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -116,8 +125,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     request_id.set(rid)  # the handler runs in its own task, so this stays with the request
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
-    render = ERROR_SHAPES.get(request.path, error_response)
+    render = _error_shape(request.path)
     response: web.StreamResponse
+    handlers, task = request.app[HANDLERS], asyncio.current_task()
+    if task is not None:
+        handlers.add(task)  # a drain waits for it, and cuts it when time is up
     try:
         if request.method != "OPTIONS" and (
             request.path.startswith("/v1/") or request.path == "/status"
@@ -137,6 +149,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except asyncio.CancelledError:  # the client hung up, or a drain ran out of time
         _finished(request, 499, time.perf_counter() - started, rid)
         raise
+    finally:
+        handlers.discard(task)
     _finished(request, response.status, time.perf_counter() - started, rid, response)
     return response
 
@@ -304,6 +318,7 @@ def create_app(
     app[LIVE] = Live(build_runtime(config, app[STATE], clock))
     app[STARTED] = int(time.time())
     app[ACCESS] = AccessLog(config.logging.format)
+    app[HANDLERS] = set()
     state_ = app[STATE]
     app[METRICS] = Metrics(degraded=lambda: state_.degraded)
     if config.usage_log:
@@ -317,8 +332,8 @@ def create_app(
         refuse = not_allowed(", ".join((*allowed, "OPTIONS")))
         for method in METHODS:
             resource.add_route(method, handler if method in methods else refuse)
-        if "GET" in methods:  # load balancers probe with HEAD
-            resource.add_route("HEAD", handler)
+        # load balancers probe with HEAD
+        resource.add_route("HEAD", handler if "GET" in methods else refuse)
 
     for path in PROXIED:
         route(path, proxy.handle, "POST")

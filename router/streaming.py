@@ -8,6 +8,7 @@ can only be reported in-band: an OpenAI-shaped `data: {"error": ...}` event, nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -206,17 +207,22 @@ class Relay:
         except ConnectionResetError:  # the client left (or was dropped); the caller closes
             self.outcome.client_gone = True  # the upstream
             return resp
+        except asyncio.CancelledError:
+            # The request was cancelled: its client left (this write then fails at once) or
+            # a drain ran out of time. A client still there must not see a silent end.
+            with contextlib.suppress(Exception):
+                tail = self._error_event("the router cut the stream short (shutting down)")
+                async with asyncio.timeout(0.5):
+                    await resp.write(packer.feed(tail) + packer.finish() if packer else tail)
+                    await resp.write_eof()
+            raise
         finally:
             if watchdog is not None:
                 watchdog.stop()
         try:
             tail = b""
             if self.outcome.error and not self._sent_error_event():
-                tail = b"data: " + _error_payload(self.outcome.error) + b"\n\n"
-                if self.messages is not None:
-                    tail = anthropic.error_event(
-                        f"The upstream stream failed: {self.outcome.error}"
-                    )
+                tail = self._error_event(f"The upstream stream failed: {self.outcome.error}")
             if packer:
                 tail = packer.feed(tail) + packer.finish() if tail else packer.finish()
             async with asyncio.timeout(self.write_timeout):
@@ -230,6 +236,12 @@ class Relay:
             if transport is not None:
                 transport.abort()
         return resp
+
+    def _error_event(self, message: str) -> bytes:
+        """The in-band event that ends a failed stream, in the client's API."""
+        if self.messages is not None:
+            return anthropic.error_event(message)
+        return b"data: " + error_body(message, "upstream_error", None, "stream_error") + b"\n\n"
 
     async def runs(self) -> AsyncIterator[bytes]:
         """The stream read to its end by a reader that is not an HTTP client (`eval`).
@@ -274,9 +286,3 @@ class _Watchdog:
 
     def stop(self) -> None:
         self._timer.cancel()
-
-
-def _error_payload(reason: str) -> bytes:
-    return error_body(
-        f"The upstream stream failed: {reason}", "upstream_error", None, "stream_error"
-    )

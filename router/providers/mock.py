@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from router.balancer import Target
+from router.errors import UpstreamTimeout
 
 
 def count_tokens(text: str) -> int:
@@ -79,6 +80,12 @@ class MockUpstream:
     ) -> MockReply:
         p = target.provider
         if p.latency_ms:
+            # The mock's latency is its time to response headers, so the provider's
+            # timeouts apply to it as to a real upstream (504s and failover can be tried).
+            wait = min(p.first_byte_timeout, p.timeout)
+            if p.latency_ms / 1000 > wait:
+                await asyncio.sleep(wait)
+                raise UpstreamTimeout("timed out before response headers")
             await asyncio.sleep(p.latency_ms / 1000)
         if p.failure_rate and self.rng.random() < p.failure_rate:
             err = {
