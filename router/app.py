@@ -22,6 +22,7 @@ from aiohttp import web
 from router import providers, proxy, status
 from router.auth import ANONYMOUS, Authenticator
 from router.balancer import Balancer
+from router.cache import layer as cache
 from router.compression import compress, negotiate
 from router.config import Config
 from router.errors import (
@@ -67,6 +68,7 @@ EXPOSED = (
     "x-llm-router-attempts",
     "x-llm-router-cost",
     "x-llm-router-cache",
+    "x-llm-router-cache-similarity",
     "x-llm-router-tier",
     "x-llm-router-complexity",
     "x-request-id",
@@ -194,6 +196,8 @@ def _finished(
             # Answered without an upstream call: /v1/models, or refused (auth, bad JSON,
             # unknown model, client limits). Every API reply says how many calls it took.
             response.headers["x-llm-router-attempts"] = str(call.started) if call else "0"
+        if call is not None and call.cache is not None:  # a cached path of a cached group
+            response.headers.setdefault("x-llm-router-cache", call.cache.result)
         if isinstance(response, web.Response):
             _maybe_compress(request, response, runtime.config)
     if call is not None and call.client_gone:
@@ -243,6 +247,7 @@ def _observe(
             "status": status,
             "attempts": attempts,
             "stream_error": call.stream_error if call else None,
+            "cache": call.cache.result if call and call.cache else None,
         }
     )
 
@@ -324,6 +329,7 @@ def create_app(
     if config.usage_log:
         app[USAGE_LOG] = UsageLog(config.usage_log)
     app.cleanup_ctx.append(_resources)
+    cache.setup(app, config, clock)
 
     def route(path: str, handler: Handler, *methods: str) -> None:
         resource = app.router.add_resource(path)

@@ -115,10 +115,22 @@ class Breaker:
 
 
 @dataclass(frozen=True)
+class Semantic:
+    embedder: str = "hashing"  # the built-in n-gram hashing, or a group serving embeddings
+    threshold: float = 0.95
+
+
+@dataclass(frozen=True)
 class Cache:
     backend: Literal["none", "memory", "redis"] = "none"
     ttl: float = 3600.0
     max_entries: int = 10000
+    max_entry_bytes: int = 1024 * 1024
+    scope: Literal["client", "shared"] = "client"
+    groups: tuple[str, ...] = ("*",)
+    coalesce: bool = True
+    semantic: Semantic | None = None
+    redis_url: str | None = None  # None: state.redis_url
 
 
 @dataclass(frozen=True)
@@ -238,11 +250,7 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         source=source,
     )
     top.done()
-    # Settings whose features are not built yet: refusing them beats ignoring them.
-    unbuilt = [
-        ("cache.backend", cfg.cache.backend != "none"),
-    ]
-    errors.extend(f"{path}: not supported by this version yet" for path, on in unbuilt if on)
+    _check_cache(cfg, errors)
     if cfg.port > 65535:
         errors.append(f"port: must be an integer from 0 to 65535, got {cfg.port}")
     if not cfg.host or any(c.isspace() or not c.isprintable() for c in cfg.host):
@@ -431,13 +439,60 @@ def _breaker(r: Reader) -> Breaker:
 
 
 def _cache(r: Reader) -> Cache:
+    groups: list[str] = []
+    for path, g in r.items("groups"):
+        if isinstance(g, str) and g:
+            groups.append(g)
+        else:
+            r.fail(path, f"must be a group name or *, got {show(g)}")
+    semantic = None
+    if r.has("semantic"):
+        s = r.mapping("semantic")
+        threshold = s.raw("threshold") if s.has("threshold") else 0.95
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not (0 <= threshold <= 1)
+        ):
+            s.fail(s.at("threshold"), f"must be between 0 and 1, got {show(threshold)}")
+            threshold = 0.95
+        semantic = Semantic(embedder=s.text("embedder", "hashing"), threshold=float(threshold))
+        s.done()
+    else:
+        r.raw("semantic")
     out = Cache(
         backend=r.choice("backend", CACHE_BACKENDS, "none"),
-        ttl=r.num("ttl", 3600.0),
+        ttl=r.num("ttl", 3600.0, above=True),
         max_entries=r.num("max_entries", 10000, integer=True, minimum=1),
+        max_entry_bytes=r.num("max_entry_bytes", 1024 * 1024, integer=True, minimum=1),
+        scope=r.choice("scope", CACHE_SCOPES, "client"),
+        groups=tuple(groups) if "groups" in r.data else ("*",),
+        coalesce=r.flag("coalesce", True),
+        semantic=semantic,
+        redis_url=r.text("redis_url", None),
     )
     r.done()
     return out
+
+
+def _check_cache(cfg: Config, errors: list[str]) -> None:
+    """What the cache names must exist: its groups, and an embedder group that can embed."""
+    names = {g.name: g for g in cfg.groups}
+    for i, name in enumerate(cfg.cache.groups):
+        if name != "*" and name not in names:
+            errors.append(f"cache.groups[{i}]: no group named {name!r}")
+    semantic = cfg.cache.semantic
+    if semantic is None or semantic.embedder == "hashing":
+        return
+    group = names.get(semantic.embedder)
+    apis = {p.name: p.api for p in cfg.providers}
+    if group is None:
+        errors.append(
+            f"cache.semantic.embedder: must be hashing or a group name, "
+            f"no group named {semantic.embedder!r}"
+        )
+    elif not any(apis.get(m.provider) == "openai" for m in group.models):  # Anthropic's has none
+        errors.append(f"cache.semantic.embedder: group {semantic.embedder!r} serves no embeddings")
 
 
 def _state(r: Reader) -> State:
@@ -489,6 +544,7 @@ def _logging(r: Reader) -> Logging:
 
 PERIODS: tuple[Literal["day", "month"], ...] = ("day", "month")
 CACHE_BACKENDS: tuple[Literal["none", "memory", "redis"], ...] = ("none", "memory", "redis")
+CACHE_SCOPES: tuple[Literal["client", "shared"], ...] = ("client", "shared")
 STATE_BACKENDS: tuple[Literal["memory", "redis"], ...] = ("memory", "redis")
 LEVELS: tuple[Literal["debug", "info", "warning", "error"], ...] = (
     "debug",

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from aiohttp import web
 from router import bodies, payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
+from router.cache.layer import CACHE, Ticket
 from router.compression import negotiate
 from router.config import MAX_OUTPUT_TOKENS
 from router.errors import (
@@ -82,6 +83,8 @@ class Call:
     stream_error: str | None = None
     client_gone: bool = False  # the client left before its reply was whole
     route: Route | None = None  # the request's options and its strategy's decisions
+    tee: Callable[[bytes], None] | None = None  # sees each run of events sent to the client
+    cache: Ticket | None = None  # the response cache's dealings with it
 
 
 CALL = web.RequestKey("call", Call)
@@ -118,11 +121,14 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     reserve = payload.estimate(raw, body, path == "/embeddings", cap)
     route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
     targets = providers.serving(runtime.balancer.targets(group), path, body)
-    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
-        request[HOLD] = hold
     stream = body.get("stream") is True
     call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call
+    cache = request.app.get(CACHE)
+    if cache is not None and (cached := await cache.lookup(request, call)) is not None:
+        return cached  # before limits: a cached answer costs no one anything
+    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
+        request[HOLD] = hold
     encoding = None
     if runtime.config.compression.enabled:
         encoding = negotiate(request.headers.get("Accept-Encoding", ""))
@@ -170,6 +176,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             response = await _attempt(request, runtime, call, target, picked, encoding)
         if response is not None:
             await route.served(response.status, call.target)  # a session sticks to it
+            if cache is not None:
+                await cache.reply(call, response)
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
@@ -340,6 +348,7 @@ async def _attempt(
                 responses=call.path == "/responses",
                 messages=call.path == "/messages",
                 write_timeout=target.provider.idle_timeout,
+                tee=call.tee,
             )
             first = await relay.first()
             if race is not None and not race.claim(me):
@@ -433,6 +442,8 @@ def _headers(reply: Reply, target: Target, call: Call) -> dict[str, str]:
     headers["x-llm-router-model"] = target.model.name
     headers["x-llm-router-key"] = target.label
     headers["x-llm-router-attempts"] = str(call.started)
+    if call.cache is not None:
+        headers["x-llm-router-cache"] = call.cache.result
     return headers
 
 

@@ -28,6 +28,7 @@ _FIXED = (
     "host",
     "port",
     "state",
+    "cache",
     "cors",
     "logging",
     "usage_log",

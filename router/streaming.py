@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -94,9 +94,11 @@ class Relay:
         responses: bool,
         messages: bool = False,
         write_timeout: float = 60.0,
+        tee: Callable[[bytes], None] | None = None,
     ) -> None:
         self.reply = reply
         self.write_timeout = write_timeout  # a client that stops reading is dropped after it
+        self.tee = tee  # sees each run once the client has it (the response cache adds it up)
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
         self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
         self.messages = anthropic.MessageUsage() if messages else None  # Anthropic's native API
@@ -213,6 +215,8 @@ class Relay:
                     await resp.write(data)
                     if watchdog is not None:
                         watchdog.since = None
+                    if self.tee is not None:
+                        self.tee(run)
                 if self.outcome.error:
                     break
                 run = await self._events.next()
