@@ -67,41 +67,69 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def wrk_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
+def varied_body(run: str, n: int) -> bytes:
+    """A body no earlier request sent: every one is a cache miss."""
+    return BODY.replace(b"short.", f"short. {run}-{n}".encode())
+
+
+def wrk_start(
+    url: str, connections: int, seconds: int, auth: bool, vary: bool = False, extra: str = ""
+) -> tuple[subprocess.Popen[str], str]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
         script.write(f"wrk.body = '{BODY.decode()}'\n")
         script.write('wrk.headers["Content-Type"] = "application/json"\n')
+        if extra:
+            name, value = extra.split(": ")
+            script.write(f'wrk.headers["{name}"] = "{value}"\n')
         if auth:
             script.write(f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
-    try:
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(script.name)
-    if "Non-2xx" in out:
+        if vary:
+            head, tail = varied_body(os.urandom(6).hex(), 0).decode().rsplit("-0", 1)
+            script.write(
+                f"local n = 0\nrequest = function()\n  n = n + 1\n"
+                f"  return wrk.format(nil, nil, nil, '{head}-' .. n .. '{tail}')\nend\n"
+            )
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True), script.name
+
+
+def wrk_rps(
+    url: str, connections: int, seconds: int, auth: bool, vary: bool = False, extra: str = ""
+) -> float:
+    proc, script = wrk_start(url, connections, seconds, auth, vary, extra)
+    out, _ = proc.communicate()
+    os.unlink(script)
+    if proc.returncode or "Non-2xx" in out:
         raise SystemExit(f"errors under load:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
-async def client_rps(url: str, connections: int, seconds: int, auth: bool) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def client_rps(
+    url: str, connections: int, seconds: int, auth: bool, vary: bool = False, extra: str = ""
+) -> float:
     """Fallback load generator when wrk is missing (it costs more CPU than wrk)."""
     headers = {
         "Content-Type": "application/json",
         **({"Authorization": f"Bearer {KEY}"} if auth else {}),
+        **(dict([extra.split(": ")]) if extra else {}),
     }
     done = 0
+    run = os.urandom(6).hex()
     stop = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
 
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < stop:
-                async with s.post(url, data=BODY, headers=headers) as r:
+                body = varied_body(run, done) if vary else BODY
+                async with s.post(url, data=body, headers=headers) as r:
                     await r.read()
                     assert r.status == 200
                     done += 1
@@ -159,6 +187,7 @@ def write_config(
     log_level: str,
     redis_url: str | None = None,
     usage_log: str | None = None,
+    cache: str = "none",
 ) -> None:
     state = {"backend": "redis", "redis_url": redis_url} if redis_url else {"backend": "memory"}
     path.write_text(
@@ -167,6 +196,7 @@ def write_config(
                 "port": port,
                 "usage_log": usage_log,
                 "state": state,
+                "cache": {"backend": cache},
                 "api_keys": [{"name": "bench", "key": KEY}],
                 "groups": [
                     {"name": "bench", "models": [{"provider": "up", "name": "bench-model"}]}
@@ -210,6 +240,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000, help="latency samples per target")
     ap.add_argument("--rounds", type=int, default=5, help="wrk runs per target, taking turns")
     ap.add_argument("--log-level", default="info", help="router log level (access log at info)")
+    ap.add_argument("--no-cache", action="store_true", help="skip the response cache scenarios")
     ap.add_argument(
         "--observability",
         action="store_true",
@@ -252,6 +283,30 @@ def main() -> int:
             procs[name] = start([*cmd, "--port", str(port)])
             urls[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", True)
             proxies.append(name)
+    varied: set[str] = set()  # rps only, each request a new body (every one a cache miss)
+    extra: dict[str, str] = {}  # request headers of a variant
+    if not args.no_cache:
+        # The router with a memory cache: the bench body again and again is a hit; new
+        # bodies are misses, measured against the router without a cache on new bodies,
+        # and against the same process told to bypass its cache (no other process in the
+        # comparison: on this shared machine two processes of the same program differ by
+        # up to 10% in CPU per request).
+        for name, cache in (
+            ("router-cache-hit", "memory"),
+            ("router-cache-miss", "memory"),
+            ("router-new-bodies", "none"),
+        ):
+            port = free_port()
+            write_config(tmp / f"{name}.json", upstream, port, args.log_level, cache=cache)
+            cmd = ["-m", "router", "serve", "--config", str(tmp / f"{name}.json")]
+            procs[name] = start([*cmd, "--port", str(port)])
+            urls[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", True)
+            proxies.append(name)
+        procs["router-cache-bypass"] = procs["router-cache-miss"]
+        urls["router-cache-bypass"] = urls["router-cache-miss"]
+        extra["router-cache-bypass"] = "x-llm-router-cache: bypass"
+        proxies.append("router-cache-bypass")
+        varied |= {"router-cache-miss", "router-new-bodies", "router-cache-bypass"}
     redis_bin = shutil.which("redis-server")
     if redis_bin:  # the same router with its state in Redis, measured in the same run
         redis_port, rr_port = free_port(), free_port()
@@ -274,24 +329,35 @@ def main() -> int:
     use_wrk = shutil.which("wrk") is not None
     results: dict[str, dict[str, float]] = {k: {} for k in urls}
     rounds: dict[str, list[float]] = {k: [] for k in proxies}
+    cpu_us: dict[str, list[float]] = {k: [] for k in proxies}
     try:
         asyncio.run(paired_latencies({k: urls[k] for k in proxies}, 150, False))  # warm up
         for _ in range(args.rounds):  # short runs, taking turns: ratios per round
             for name in proxies:
                 url, auth = urls[name]
+                cpu = cpu_seconds(procs[name].pid)
+                vary, more = name in varied, extra.get(name, "")
                 if use_wrk:
-                    rps = wrk_rps(url, args.connections, args.seconds, auth)
+                    rps = wrk_rps(url, args.connections, args.seconds, auth, vary, more)
                 else:
-                    rps = asyncio.run(client_rps(url, args.connections, args.seconds, auth))
+                    rps = asyncio.run(
+                        client_rps(url, args.connections, args.seconds, auth, vary, more)
+                    )
                 rounds[name].append(rps)
+                # CPU per request is steadier than requests/s on a busy machine.
+                cpu_us[name].append(
+                    (cpu_seconds(procs[name].pid) - cpu) / (rps * args.seconds) * 1e6
+                )
         for name in proxies:
             results[name]["rps"] = statistics.median(rounds[name])
+            results[name]["cpu_us"] = statistics.median(cpu_us[name])
             results[name]["ratio"] = statistics.median(
                 ours / bare for ours, bare in zip(rounds[name], rounds["bare"], strict=True)
             )
-        lat = asyncio.run(paired_latencies(urls, args.requests, False))
-        ttfb = asyncio.run(paired_latencies(urls, args.requests // 2, True))
-        for name in urls:
+        timed = {k: v for k, v in urls.items() if k not in varied}
+        lat = asyncio.run(paired_latencies(timed, args.requests, False))
+        ttfb = asyncio.run(paired_latencies(timed, args.requests // 2, True))
+        for name in timed:
             results[name].update(
                 p50=pct(lat[name], 0.5), p99=pct(lat[name], 0.99), ttfb=pct(ttfb[name], 0.5)
             )
@@ -302,7 +368,7 @@ def main() -> int:
                 tmp, upstream, f"redis://127.0.0.1:{redis_port}/0", KEY, start, free_port
             )}  # fmt: skip
     finally:
-        for p in procs.values():
+        for p in set(procs.values()):
             p.terminate()
             p.wait(10)
 
@@ -364,6 +430,40 @@ def main() -> int:
         print(
             f"balance: two routers on one Redis, weights 1:3, {balance.REQUESTS} requests: the "
             f"light target took {light:.3f} (configured 0.750, error {abs(light - 0.75):.3f})"
+        )
+    if not args.no_cache:
+        names = (
+            "router-cache-hit",
+            "router-cache-miss",
+            "router-new-bodies",
+            "router-cache-bypass",
+        )
+        hit, miss, fresh, bypass = (results[k] for k in names)
+        print(
+            f"\nresponse cache (memory), same run (requests/s at {args.connections} connections):"
+        )
+        print(
+            f"  every request a hit: {hit['rps']:.0f} ({hit['ratio']:.2f}x the bare proxy, "
+            f"{hit['ratio'] / r['ratio']:.2f}x the router without a cache); added p50 "
+            f"{(hit['p50'] - d['p50']) * 1000:.2f} ms, stream TTFB "
+            f"{(hit['ttfb'] - d['ttfb']) * 1000:.2f} ms"
+        )
+
+        def per_round(ours: str, base: str) -> float:
+            return statistics.median(a / b for a, b in zip(rounds[ours], rounds[base], strict=True))
+
+        print(
+            f"  every request a miss (new bodies): {miss['rps']:.0f}; the same process with "
+            f"bypass: {bypass['rps']:.0f} "
+            f"({per_round('router-cache-miss', 'router-cache-bypass'):.2f}x); another "
+            f"router without a cache: {fresh['rps']:.0f} "
+            f"({per_round('router-cache-miss', 'router-new-bodies'):.2f}x)"
+        )
+        print(
+            f"  router CPU per request: no cache {r['cpu_us']:.0f} us, hit {hit['cpu_us']:.0f} "
+            f"us ({hit['cpu_us'] / r['cpu_us']:.2f}x); new bodies: miss {miss['cpu_us']:.0f} "
+            f"us, bypass {bypass['cpu_us']:.0f} us ({miss['cpu_us'] / bypass['cpu_us']:.2f}x), "
+            f"no cache {fresh['cpu_us']:.0f} us ({miss['cpu_us'] / fresh['cpu_us']:.2f}x)"
         )
     if args.observability:
         q, u = results["router-quiet"], results["router-usage-log"]

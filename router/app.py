@@ -22,6 +22,7 @@ from aiohttp import web
 from router import providers, proxy, status
 from router.auth import ANONYMOUS, Authenticator
 from router.balancer import Balancer
+from router.cache import layer as cache
 from router.compression import compress, negotiate
 from router.config import Config
 from router.errors import (
@@ -34,6 +35,7 @@ from router.errors import (
 )
 from router.keys import (
     CLIENT,
+    HANDLERS,
     LIVE,
     METRICS,
     REQUEST_ID,
@@ -66,6 +68,7 @@ EXPOSED = (
     "x-llm-router-attempts",
     "x-llm-router-cost",
     "x-llm-router-cache",
+    "x-llm-router-cache-similarity",
     "x-llm-router-tier",
     "x-llm-router-complexity",
     "x-request-id",
@@ -84,8 +87,16 @@ PROXIED = (
     "/v1/responses",
     "/v1/messages",
 )
+
+
 # Errors answer in the shape of the API the client called: OpenAI's, unless listed here.
-ERROR_SHAPES = {"/v1/messages": anthropic.error_response}
+def _error_shape(path: str) -> Callable[[RouterError], web.Response]:
+    """Errors render in the shape of the API the client called."""
+    if path.startswith("/v1/messages"):  # count_tokens and any other path of that API too
+        return anthropic.error_response
+    return error_response
+
+
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -114,8 +125,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     request_id.set(rid)  # the handler runs in its own task, so this stays with the request
     runtime = request.app[LIVE].runtime
     started = time.perf_counter()
-    render = ERROR_SHAPES.get(request.path, error_response)
+    render = _error_shape(request.path)
     response: web.StreamResponse
+    handlers, task = request.app[HANDLERS], asyncio.current_task()
+    if task is not None:
+        handlers.add(task)  # a drain waits for it, and cuts it when time is up
     try:
         if request.method != "OPTIONS" and (
             request.path.startswith("/v1/") or request.path == "/status"
@@ -135,6 +149,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except asyncio.CancelledError:  # the client hung up, or a drain ran out of time
         _finished(request, 499, time.perf_counter() - started, rid)
         raise
+    finally:
+        handlers.discard(task)
     _finished(request, response.status, time.perf_counter() - started, rid, response)
     return response
 
@@ -180,6 +196,8 @@ def _finished(
             # Answered without an upstream call: /v1/models, or refused (auth, bad JSON,
             # unknown model, client limits). Every API reply says how many calls it took.
             response.headers["x-llm-router-attempts"] = str(call.started) if call else "0"
+        if call is not None and call.cache is not None:  # a cached path of a cached group
+            response.headers.setdefault("x-llm-router-cache", call.cache.result)
         if isinstance(response, web.Response):
             _maybe_compress(request, response, runtime.config)
     if call is not None and call.client_gone:
@@ -222,12 +240,14 @@ def _observe(
             "key": target.label if target else None,
             "prompt_tokens": tokens.prompt if tokens else 0,
             "completion_tokens": tokens.completion if tokens else 0,
+            "total_tokens": tokens.total if tokens else 0,
             "cost_usd": round(call.cost, 8) if call else 0.0,
             "latency_ms": round(seconds * 1000, 1),
             "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
             "status": status,
             "attempts": attempts,
             "stream_error": call.stream_error if call else None,
+            "cache": call.cache.result if call and call.cache else None,
         }
     )
 
@@ -293,17 +313,23 @@ STARTED = web.AppKey("started", int)
 def create_app(
     config: Config, *, state: StateBackend | None = None, clock: Clock = time.time
 ) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[middleware],
+        handler_args={"auto_decompress": False},  # bodies.py inflates within max_body_bytes
+    )
     hold = max((p.timeout for p in config.providers), default=600.0) + 5
     app[STATE] = state or open_state(config.state, config.usage_window, clock, hold)
     app[LIVE] = Live(build_runtime(config, app[STATE], clock))
     app[STARTED] = int(time.time())
     app[ACCESS] = AccessLog(config.logging.format)
+    app[HANDLERS] = set()
     state_ = app[STATE]
     app[METRICS] = Metrics(degraded=lambda: state_.degraded)
     if config.usage_log:
         app[USAGE_LOG] = UsageLog(config.usage_log)
     app.cleanup_ctx.append(_resources)
+    cache.setup(app, config, clock)
 
     def route(path: str, handler: Handler, *methods: str) -> None:
         resource = app.router.add_resource(path)
@@ -311,8 +337,8 @@ def create_app(
         refuse = not_allowed(", ".join((*allowed, "OPTIONS")))
         for method in METHODS:
             resource.add_route(method, handler if method in methods else refuse)
-        if "GET" in methods:  # load balancers probe with HEAD
-            resource.add_route("HEAD", handler)
+        # load balancers probe with HEAD
+        resource.add_route("HEAD", handler if "GET" in methods else refuse)
 
     for path in PROXIED:
         route(path, proxy.handle, "POST")
@@ -363,9 +389,10 @@ def create_app(
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, trust_env=False)
+    config = app[LIVE].runtime.config
+    session = aiohttp.ClientSession(connector=connector, trust_env=config.trust_env)
     app[SESSION] = session
-    app[UPSTREAMS] = providers.build(session)
+    app[UPSTREAMS] = providers.build(session, config.max_reply_bytes)
     await app[STATE].start()
     tasks = [asyncio.create_task(app[ACCESS].run(), name="access-log-flusher")]
     usage_log = app.get(USAGE_LOG)

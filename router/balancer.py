@@ -79,6 +79,7 @@ class Balancer:
         # Per target, the rpm/tpm window entries of picks not finished yet: (taken at,
         # tokens, entries). finish() and release() settle the first of the same size.
         self._taken: dict[str, deque[tuple[float, float, Entries]]] = {}
+        self._probes: dict[str, float] = {}  # target id -> `until` of the probe we hold
 
     def targets(self, group: str) -> tuple[Target, ...]:
         try:
@@ -132,10 +133,12 @@ class Balancer:
                 if got is None:
                     continue
                 taken = got
-            if h.breaker != "closed" and not await self.state.take_probe(t.id, now, self.cooldown):
-                blocked.append(Blocked(now + self.cooldown, False))
-                await self._give_back(t, taken)
-                continue
+            if h.breaker != "closed":
+                if not await self.state.take_probe(t.id, now, self.cooldown):
+                    blocked.append(Blocked(now + self.cooldown, False))
+                    await self._give_back(t, taken)
+                    continue
+                self._probes[t.id] = now + self.cooldown  # the probe slot this pick holds
             if taken != (None, None):
                 pending = self._taken.setdefault(t.id, deque())
                 while pending and pending[0][0] <= now - WINDOW:
@@ -197,6 +200,12 @@ class Balancer:
         """A pick whose request was never sent: give back all it took, with no verdict."""
         await self.state.settle(target.id, reserved + self.request_penalty, 0.0)
         await self._give_back(target, self._taken_by(target, reserved))
+        await self._free_probe(target)
+
+    async def _free_probe(self, target: Target) -> None:
+        """A probe that will give no verdict frees its slot: the next request may probe."""
+        if self._probes and (until := self._probes.pop(target.id, None)) is not None:
+            await self.state.free_probe(target.id, until, self.clock())
 
     async def finish(
         self,
@@ -218,7 +227,10 @@ class Balancer:
         if tpm is not None:  # the reservation becomes what was used, at the time it was taken
             await self.state.adjust(f"tpm:{target.key_id}", tpm, used)
         if failed is None:
+            await self._free_probe(target)
             return None
+        if self._probes:
+            self._probes.pop(target.id, None)  # the probe's result decides, as it should
         return await self.state.record(
             target.id, not failed, now, self.threshold, self.cooldown, started
         )

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "usage":
         from router import usagelog
 
+        if not os.path.exists(args.log):
+            print(f"error: usage log {args.log} does not exist", file=sys.stderr)
+            return 1
         rows = usagelog.rollup(usagelog.read(args.log), args.by)
         columns = [
             args.by,
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             "errors",
             "prompt_tokens",
             "completion_tokens",
+            "total_tokens",
             "cost_usd",
             "latency_ms",
         ]

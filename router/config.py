@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-import yaml
+from yarl import URL
 
+from router import configfile, tls
 from router.schema import _MISSING, ConfigError, Reader, show, substitute
 
 ProviderType = Literal["openai", "anthropic", "mock"]
+PROVIDER_TYPES: tuple[ProviderType, ...] = ("openai", "anthropic", "mock")
+MAX_OUTPUT_TOKENS = 32768  # what a request may reserve for its reply unless a model says
 Api = Literal["openai", "anthropic"]  # a wire format
+API_NAMES: tuple[Api, ...] = ("openai", "anthropic")
 ANTHROPIC_URL = "https://api.anthropic.com"
 Lane = Literal["high", "normal", "low"]
 Tier = Literal["fast", "balanced", "accurate"]
@@ -50,6 +54,8 @@ class Provider:
     api: Api = "openai"  # the API it speaks: its type, or for a mock the `api` setting
     latency_ms: float = 0.0  # mock only
     failure_rate: float = 0.0  # mock only
+    verify_tls: bool = True
+    ca_file: str | None = None  # a private CA's PEM bundle, trusted besides the system's
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class ModelRef:
     priority: int = 0  # strategy priority: lower numbers first
     tier: Tier = "balanced"  # strategy complexity
     priced: bool = False  # input_cost or output_cost was given
+    max_output_tokens: int = MAX_OUTPUT_TOKENS  # caps the reply part of a reservation
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,22 @@ class Breaker:
 
 
 @dataclass(frozen=True)
+class Semantic:
+    embedder: str = "hashing"  # the built-in n-gram hashing, or a group serving embeddings
+    threshold: float = 0.95
+
+
+@dataclass(frozen=True)
 class Cache:
     backend: Literal["none", "memory", "redis"] = "none"
     ttl: float = 3600.0
     max_entries: int = 10000
+    max_entry_bytes: int = 1024 * 1024
+    scope: Literal["client", "shared"] = "client"
+    groups: tuple[str, ...] = ("*",)
+    coalesce: bool = True
+    semantic: Semantic | None = None
+    redis_url: str | None = None  # None: state.redis_url
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,9 @@ class Config:
     logging: Logging = Logging()
     shutdown_timeout: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
+    max_reply_bytes: int = 64 * 1024 * 1024  # a larger non-streamed upstream reply is a 502
+    read_timeout: float = 60.0  # for a client's request headers, and between body chunks
+    trust_env: bool = False  # HTTPS_PROXY / NO_PROXY / .netrc for upstream calls
     source: str = "<dict>"  # where it came from, for logs
 
     def provider(self, name: str) -> Provider:
@@ -173,16 +195,7 @@ class Config:
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    try:
-        tree = orjson.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{p}: not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}"]) from None
-    return parse(tree, env, source=str(p))
+    return parse(configfile.read(Path(path)), env, source=str(path))
 
 
 def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<dict>") -> Config:
@@ -191,14 +204,10 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     top = Reader(tree, "", errors)
     providers = tuple(_provider(path, item, errors) for path, item in top.items("providers"))
     names = [p.name for p in providers]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            errors.append(f"providers[{i}].name: duplicate provider {name!r}")
-    groups = tuple(_group(path, item, set(names), errors) for path, item in top.items("groups"))
+    _duplicates("providers", "provider", names, errors)
+    groups = tuple(_group(path, item, names, errors) for path, item in top.items("groups"))
     gnames = [g.name for g in groups]
-    for i, name in enumerate(gnames):
-        if name in gnames[:i]:
-            errors.append(f"groups[{i}].name: duplicate group {name!r}")
+    _duplicates("groups", "group", gnames, errors)
     if not groups and "groups" not in top.data:
         errors.append("groups: is required")
 
@@ -209,12 +218,12 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
     for path, item in top.items("api_keys"):
         c = _client_key(path, item, errors)
         if any(c.name == o.name for o in clients):
-            errors.append(f"{path}.name: duplicate client key name {c.name!r}")
-        if not c.key:
+            errors.append(f"{path}.name: duplicate client key name {show(c.name)}")
+        if not c.key and isinstance(item, Mapping):
             errors.append(f"{path}.key: must not be empty")
         for j, g in enumerate(c.groups or ()):
             if g not in gnames:
-                errors.append(f"{path}.groups[{j}]: no group named {g!r}")
+                errors.append(f"{path}.groups[{j}]: no group named {show(g)}")
         clients.append(c)
 
     cfg = Config(
@@ -237,16 +246,17 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
         logging=_logging(top.mapping("logging")),
         shutdown_timeout=top.num("shutdown_timeout", 30.0),
         max_body_bytes=top.num("max_body_bytes", 32 * 1024 * 1024, integer=True, minimum=1),
+        max_reply_bytes=top.num("max_reply_bytes", 64 * 1024 * 1024, integer=True, minimum=1),
+        read_timeout=top.num("read_timeout", 60.0, above=True),
+        trust_env=top.flag("trust_env", False),
         source=source,
     )
     top.done()
-    # Settings whose features are not built yet: refusing them beats ignoring them.
-    unbuilt = [
-        ("cache.backend", cfg.cache.backend != "none"),
-    ]
-    errors.extend(f"{path}: not supported by this version yet" for path, on in unbuilt if on)
+    _check_cache(cfg, errors)
     if cfg.port > 65535:
         errors.append(f"port: must be an integer from 0 to 65535, got {cfg.port}")
+    if not cfg.host or any(c.isspace() or not c.isprintable() for c in cfg.host):
+        errors.append("host: must be a host name or an IP address")
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -254,15 +264,16 @@ def parse(tree: Any, env: Mapping[str, str] | None = None, *, source: str = "<di
 
 def _provider(path: str, item: Any, errors: list[str]) -> Provider:
     r = Reader(item, path, errors)
-    name = r.text("name")
-    ptype = r.text("type", "openai", choices=("openai", "anthropic", "mock"))
-    base_url = r.text("base_url", {"mock": "", "anthropic": ANTHROPIC_URL}.get(ptype))
-    api = r.text("api", "anthropic" if ptype == "anthropic" else "openai",
-                 choices=("openai", "anthropic"))  # fmt: skip
+    name = r.name("name")
+    ptype = r.choice("type", PROVIDER_TYPES, "openai")
+    default_url = {"mock": "", "anthropic": ANTHROPIC_URL}.get(ptype)
+    base_url = r.text("base_url", default_url) if default_url is not None else r.text("base_url")
+    speaks: Api = "anthropic" if ptype == "anthropic" else "openai"
+    api = r.choice("api", API_NAMES, speaks)
     if ptype != "mock" and "api" in r.data:
         r.fail(r.at("api"), "only a type: mock provider takes api (the type says it)")
-    if base_url and not base_url.startswith(("http://", "https://")):
-        r.fail(r.at("base_url"), f"must start with http:// or https://, got {base_url!r}")
+    if base_url:
+        check_url(r, "base_url", base_url)
     keys: list[ProviderKey] = []
     for i, (kpath, k) in enumerate(r.items("api_keys")):
         label = f"{name}#{i}"
@@ -273,7 +284,7 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         keys.append(
             ProviderKey(
                 secret=kr.text("key"),
-                label=kr.text("name", label),
+                label=kr.name("name", label),
                 rpm=kr.num("rpm", None, integer=True, minimum=1),
                 tpm=kr.num("tpm", None, integer=True, minimum=1),
             )
@@ -295,31 +306,42 @@ def _provider(path: str, item: Any, errors: list[str]) -> Provider:
         api=api,
         latency_ms=r.num("latency_ms", 0.0),
         failure_rate=r.num("failure_rate", 0.0),
+        verify_tls=r.flag("verify_tls", True),
+        ca_file=r.text("ca_file", None),
     )
+    check_headers(r, "headers", provider.headers)
+    if provider.ca_file is not None:
+        problem = tls.check_ca_file(provider.ca_file)
+        if problem:
+            r.fail(r.at("ca_file"), problem)
     if provider.failure_rate > 1:
         r.fail(r.at("failure_rate"), f"must be a number from 0 to 1, got {provider.failure_rate}")
     r.done()
     return provider
 
 
-def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Group:
+def _group(path: str, item: Any, providers: list[str], errors: list[str]) -> Group:
     r = Reader(item, path, errors)
-    name = r.text("name")
+    name = r.name("name")
     models: list[ModelRef] = []
     for mpath, m in r.items("models", required=True):
         mr = Reader(m, mpath, errors)
         ref = ModelRef(
             provider=mr.text("provider"),
-            name=mr.text("name"),
+            name=mr.name("name"),
             weight=mr.num("weight", 1.0),
             input_cost=mr.num("input_cost", 0.0),
             output_cost=mr.num("output_cost", 0.0),
             priority=mr.num("priority", 0, integer=True),
-            tier=mr.text("tier", "balanced", choices=TIERS),
+            tier=mr.choice("tier", TIERS, "balanced"),
             priced=mr.has("input_cost") or mr.has("output_cost"),
+            max_output_tokens=mr.num(
+                "max_output_tokens", MAX_OUTPUT_TOKENS, integer=True, minimum=1
+            ),
         )
         if mr.ok and ref.provider and ref.provider not in providers:
-            mr.fail(mr.at("provider"), f"no provider named {ref.provider!r}")
+            known = ", ".join(p for p in providers if p) or "none"  # labels: shown anyway
+            mr.fail(mr.at("provider"), f"no provider named {show(ref.provider)} ({known} exist)")
         mr.done()
         models.append(ref)
     if r.ok and not models and "models" in r.data:
@@ -342,7 +364,7 @@ def _group(path: str, item: Any, providers: set[str], errors: list[str]) -> Grou
         hedge_after=r.num("hedge_after", None, above=True),
         affinity_ttl=r.num("affinity_ttl", 3600.0, above=True),
         reserve=reserve,
-        mode=r.text("mode", "balanced", choices=TIERS),
+        mode=r.choice("mode", TIERS, "balanced"),
         latency_probe_after=r.num("latency_probe_after", 60.0, above=True),
         headroom_weights=_headroom_weights(r),
         policy=policy,
@@ -372,13 +394,13 @@ def _headroom_weights(r: Reader) -> dict[str, tuple[float, float, float]]:
 def _client_key(path: str, item: Any, errors: list[str]) -> ClientKey:
     r = Reader(item, path, errors)
     key = ClientKey(
-        name=r.text("name"),
+        name=r.name("name"),
         key=r.text("key"),
         rpm=r.num("rpm", None, integer=True, minimum=1),
         tpm=r.num("tpm", None, integer=True, minimum=1),
         budget_usd=r.num("budget_usd", None),
-        budget_period=r.text("budget_period", "day", choices=("day", "month")),
-        priority=r.text("priority", None, choices=LANES),
+        budget_period=r.choice("budget_period", PERIODS, "day"),
+        priority=r.choice("priority", LANES, None),
         groups=_names(r, "groups"),
     )
     r.done()
@@ -419,23 +441,72 @@ def _breaker(r: Reader) -> Breaker:
 
 
 def _cache(r: Reader) -> Cache:
+    groups: list[str] = []
+    for path, g in r.items("groups"):
+        if isinstance(g, str) and g:
+            groups.append(g)
+        else:
+            r.fail(path, f"must be a group name or *, got {show(g)}")
+    semantic = None
+    if r.has("semantic"):
+        s = r.mapping("semantic")
+        threshold = s.raw("threshold") if s.has("threshold") else 0.95
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not (0 <= threshold <= 1)
+        ):
+            s.fail(s.at("threshold"), f"must be between 0 and 1, got {show(threshold)}")
+            threshold = 0.95
+        semantic = Semantic(embedder=s.text("embedder", "hashing"), threshold=float(threshold))
+        s.done()
+    else:
+        r.raw("semantic")
     out = Cache(
-        backend=r.text("backend", "none", choices=("none", "memory", "redis")),
-        ttl=r.num("ttl", 3600.0),
+        backend=r.choice("backend", CACHE_BACKENDS, "none"),
+        ttl=r.num("ttl", 3600.0, above=True),
         max_entries=r.num("max_entries", 10000, integer=True, minimum=1),
+        max_entry_bytes=r.num("max_entry_bytes", 1024 * 1024, integer=True, minimum=1),
+        scope=r.choice("scope", CACHE_SCOPES, "client"),
+        groups=tuple(groups) if "groups" in r.data else ("*",),
+        coalesce=r.flag("coalesce", True),
+        semantic=semantic,
+        redis_url=r.text("redis_url", None),
     )
     r.done()
     return out
 
 
+def _check_cache(cfg: Config, errors: list[str]) -> None:
+    """What the cache names must exist: its groups, and an embedder group that can embed."""
+    names = {g.name: g for g in cfg.groups}
+    for i, name in enumerate(cfg.cache.groups):
+        if name != "*" and name not in names:
+            errors.append(f"cache.groups[{i}]: no group named {name!r}")
+    semantic = cfg.cache.semantic
+    if semantic is None or semantic.embedder == "hashing":
+        return
+    group = names.get(semantic.embedder)
+    apis = {p.name: p.api for p in cfg.providers}
+    if group is None:
+        errors.append(
+            f"cache.semantic.embedder: must be hashing or a group name, "
+            f"no group named {semantic.embedder!r}"
+        )
+    elif not any(apis.get(m.provider) == "openai" for m in group.models):  # Anthropic's has none
+        errors.append(f"cache.semantic.embedder: group {semantic.embedder!r} serves no embeddings")
+
+
 def _state(r: Reader) -> State:
     out = State(
-        backend=r.text("backend", "memory", choices=("memory", "redis")),
+        backend=r.choice("backend", STATE_BACKENDS, "memory"),
         redis_url=r.text("redis_url", "redis://127.0.0.1:6379/0"),
         prefix=r.text("prefix", "llm-router"),
         cluster=r.flag("cluster", False),
         refresh=r.num("refresh", 0.05, above=True),
     )
+    if not out.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        r.fail(r.at("redis_url"), "must start with redis://, rediss:// or unix://")
     r.done()
     return out
 
@@ -446,7 +517,7 @@ def _cors(r: Reader) -> Cors:
         if isinstance(o, str) and o:
             origins.append(o.rstrip("/"))
         else:
-            r.fail(path, f"must be an origin like https://app.example.com or *, got {o!r}")
+            r.fail(path, f"must be an origin like https://app.example.com or *, got {show(o)}")
     out = Cors(
         allow_origins=tuple(origins) if "allow_origins" in r.data else ("*",),
         allow_credentials=r.flag("allow_credentials", False),
@@ -468,8 +539,51 @@ def _compression(r: Reader) -> Compression:
 
 def _logging(r: Reader) -> Logging:
     out = Logging(
-        level=r.text("level", "info", choices=("debug", "info", "warning", "error")),
-        format=r.text("format", "text", choices=("text", "json")),
+        level=r.choice("level", LEVELS, "info"),
+        format=r.choice("format", FORMATS, "text"),
     )
     r.done()
     return out
+
+
+PERIODS: tuple[Literal["day", "month"], ...] = ("day", "month")
+CACHE_BACKENDS: tuple[Literal["none", "memory", "redis"], ...] = ("none", "memory", "redis")
+CACHE_SCOPES: tuple[Literal["client", "shared"], ...] = ("client", "shared")
+STATE_BACKENDS: tuple[Literal["memory", "redis"], ...] = ("memory", "redis")
+LEVELS: tuple[Literal["debug", "info", "warning", "error"], ...] = (
+    "debug",
+    "info",
+    "warning",
+    "error",
+)
+FORMATS: tuple[Literal["text", "json"], ...] = ("text", "json")
+
+
+def _duplicates(section: str, what: str, names: list[str], errors: list[str]) -> None:
+    for i, name in enumerate(names):
+        if name and name in names[:i]:
+            first = names.index(name)
+            errors.append(f"{section}[{i}].name: duplicate {what} name, as {section}[{first}]")
+
+
+def check_url(r: Reader, key: str, url: str) -> None:
+    """An http(s) URL with a host, or an error that does not repeat it (it may hold a token)."""
+    try:
+        parsed = URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        r.fail(r.at(key), "must be an http:// or https:// URL with a host")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field names
+
+
+def check_headers(r: Reader, key: str, headers: Mapping[str, str]) -> None:
+    """Header names and values a request can carry: no line breaks that would split one."""
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            r.fail(r.at(key), f"header {show(name)}: not a valid header name")
+        elif any(c in value for c in "\r\n\0"):
+            r.fail(r.at(key), f"header {show(name)}: the value must not hold line breaks or NUL")

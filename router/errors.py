@@ -5,7 +5,9 @@ RouterError                   any error we answer ourselves (status, type, code)
 ├── Unauthorized              401 invalid_api_key
 ├── NotFound                  404 (unknown path, unknown model: model_not_found)
 ├── MethodNotAllowed          405
+├── RequestTimeout            408 (a client that stops sending its body)
 ├── PayloadTooLarge           413
+├── UnsupportedMediaType      415 (a Content-Encoding we do not decode)
 ├── RateLimited               429 rate_limit_exceeded / insufficient_quota (Retry-After)
 ├── ServiceUnavailable        503 (every target open or cooling down, Retry-After)
 └── UpstreamError             a failed upstream attempt; 502 unless it says otherwise
@@ -65,10 +67,22 @@ class MethodNotAllowed(RouterError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(RouterError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedMediaType(RouterError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
 
 
 class RateLimited(RouterError):

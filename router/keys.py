@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +44,7 @@ STATE = web.AppKey[StateBackend]("state")
 UPSTREAMS = web.AppKey[dict[str, Upstream]]("upstreams")
 
 METRICS = web.AppKey("metrics", Metrics)
+HANDLERS = web.AppKey[set[asyncio.Task[Any]]]("handlers")  # requests being handled, for drain
 USAGE_LOG = web.AppKey("usage_log", UsageLog)
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from router.config import MAX_OUTPUT_TOKENS
 from router.errors import BadRequest
 
 # A JSON string token, or one structural character: enough to track nesting depth.
@@ -96,16 +97,39 @@ def wants_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def estimate(raw: bytes, body: dict[str, Any], embeddings: bool) -> float:
-    """Tokens to reserve while a request is in flight: prompt estimate plus its output budget."""
+def estimate(
+    raw: bytes, body: dict[str, Any], embeddings: bool, cap: int = MAX_OUTPUT_TOKENS
+) -> float:
+    """Tokens to reserve while a request is in flight: prompt estimate plus its output budget.
+
+    The budget is capped at `cap` (the models' max_output_tokens): a client asking for
+    `max_tokens: 10**15` must not reserve, nor ever be charged, a key's whole window.
+    """
     prompt = len(raw) / 4
     if embeddings:
         return prompt
     for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         v = body.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return prompt + v
-    return prompt + _DEFAULT_COMPLETION
+            return prompt + min(v, cap)
+    return prompt + min(_DEFAULT_COMPLETION, cap)
+
+
+def prompt_tokens(raw: bytes) -> int:
+    """The prompt part of `estimate`: what a reply that reports no usage is charged for it."""
+    return len(raw) // 4
+
+
+# String values that carry generated text in stream events: chat, completions and
+# Responses (OpenAI), text, thinking and tool input deltas (Anthropic).
+_TEXT = re.compile(
+    rb'"(?:content|text|arguments|refusal|delta|partial_json|thinking)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
+
+
+def text_chars(data: bytes) -> int:
+    """Characters of generated text in some stream events (JSON escapes counted as written)."""
+    return sum(m.end(1) - m.start(1) for m in _TEXT.finditer(data))
 
 
 _USAGE_FIELD = re.compile(

@@ -11,17 +11,19 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from router import payload, providers
+from router import bodies, payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
+from router.cache.layer import CACHE, Ticket
 from router.compression import negotiate
+from router.config import MAX_OUTPUT_TOKENS
 from router.errors import (
     RateLimited,
     RouterError,
@@ -81,6 +83,8 @@ class Call:
     stream_error: str | None = None
     client_gone: bool = False  # the client left before its reply was whole
     route: Route | None = None  # the request's options and its strategy's decisions
+    tee: Callable[[bytes], None] | None = None  # sees each run of events sent to the client
+    cache: Ticket | None = None  # the response cache's dealings with it
 
 
 CALL = web.RequestKey("call", Call)
@@ -107,19 +111,24 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _handle(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     runtime = request.app[LIVE].runtime
-    raw = await request.read()
+    raw = await bodies.read(request, runtime.config.max_body_bytes, runtime.config.read_timeout)
     body = payload.parse(raw)
     path = request.path[3:]  # "/v1/chat/completions" -> "/chat/completions"
     group = str(body["model"])
     client = request.get(CLIENT, ANONYMOUS)
-    reserve = payload.estimate(raw, body, path == "/embeddings")
+    cap = max((t.model.max_output_tokens for t in runtime.balancer.groups.get(group, ())),
+              default=MAX_OUTPUT_TOKENS)  # fmt: skip
+    reserve = payload.estimate(raw, body, path == "/embeddings", cap)
     route = runtime.policies.route(request, body, path, client, len(raw), reserve)  # 404/400
     targets = providers.serving(runtime.balancer.targets(group), path, body)
-    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
-        request[HOLD] = hold
     stream = body.get("stream") is True
     call = Call(group, path, raw, body, stream, reserve, client, began, route=route)
     request[CALL] = call
+    cache = request.app.get(CACHE)
+    if cache is not None and (cached := await cache.lookup(request, call)) is not None:
+        return cached  # before limits: a cached answer costs no one anything
+    if (hold := await runtime.limits.admit(client, reserve, targets)) is not None:
+        request[HOLD] = hold
     encoding = None
     if runtime.config.compression.enabled:
         encoding = negotiate(request.headers.get("Accept-Encoding", ""))
@@ -167,6 +176,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             response = await _attempt(request, runtime, call, target, picked, encoding)
         if response is not None:
             await route.served(response.status, call.target)  # a session sticks to it
+            if cache is not None:
+                await cache.reply(call, response)
             return response
     raise _exhausted(call, blocked, balancer.clock())
 
@@ -337,6 +348,7 @@ async def _attempt(
                 responses=call.path == "/responses",
                 messages=call.path == "/messages",
                 write_timeout=target.provider.idle_timeout,
+                tee=call.tee,
             )
             first = await relay.first()
             if race is not None and not race.claim(me):
@@ -373,8 +385,10 @@ async def _attempt(
             reply.close()
         if relay is not None:
             tokens = relay.outcome.tokens
-            if tokens is None:  # ended (or the client left) before the usage chunk: estimate
-                tokens = Tokens(int(call.reserve / 2), relay.outcome.events)
+            if tokens is None:  # ended (or the client left) before the usage chunk: what it
+                # relayed, estimated like a prompt, never a share of the reservation
+                prompt = payload.prompt_tokens(call.raw)
+                tokens = Tokens(prompt, relay.outcome.completion_estimate())
         used = float(tokens.total) if tokens else 0.0
         health = await balancer.finish(target, call.reserve, used, failed, picked)
         metrics.attempt_done(target, failed, time.perf_counter() - began, health)
@@ -428,6 +442,8 @@ def _headers(reply: Reply, target: Target, call: Call) -> dict[str, str]:
     headers["x-llm-router-model"] = target.model.name
     headers["x-llm-router-key"] = target.label
     headers["x-llm-router-attempts"] = str(call.started)
+    if call.cache is not None:
+        headers["x-llm-router-cache"] = call.cache.result
     return headers
 
 

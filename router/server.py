@@ -17,8 +17,9 @@ from aiohttp import web
 from router.app import build_runtime, create_app
 from router.config import Config, load
 from router.demo import demo_config
-from router.keys import LIVE, STATE
+from router.keys import HANDLERS, LIVE, STATE
 from router.logs import setup_logging
+from router.protocol import Runner
 from router.schema import ConfigError
 
 log = logging.getLogger("router")
@@ -27,12 +28,15 @@ _FIXED = (
     "host",
     "port",
     "state",
+    "cache",
     "cors",
-    "max_body_bytes",
     "logging",
     "usage_log",
     "usage_window",
     "shutdown_timeout",
+    "max_reply_bytes",
+    "trust_env",
+    "read_timeout",
 )
 
 
@@ -68,26 +72,39 @@ def check_exposure(config: Config) -> None:
     )
 
 
-def drain_budget(total: float) -> float:
-    """How long aiohttp may wait for open requests to finish, so the whole drain fits `total`.
+async def drain(runner: web.AppRunner, handlers: set[asyncio.Task[Any]], total: float) -> None:
+    """Stop accepting, let open requests finish, cut the rest; all within `total` seconds.
 
-    aiohttp waits that long, then cancels what is left and waits for it again (our handlers
-    end at once when cancelled: they account the request and close the upstream), and past
-    5 s it rounds its deadline up to a whole second. Keep a grace for all that.
+    aiohttp's own shutdown waits its timeout twice (and rounds it up past 5 s), so the
+    waiting is done here, on the handlers the middleware keeps: what is still open near the
+    end is cancelled, accounts itself (499) and ends its stream with an error event.
     """
-    budget = total - min(1.0, total * 0.2)
-    return budget - 1.0 if budget > 5 else budget
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close; busy ones finish
+    cut_at = deadline - min(1.0, total * 0.2)  # leave time to cancel, account and close
+    while handlers and loop.time() < cut_at:
+        await asyncio.wait(set(handlers), timeout=cut_at - loop.time())
+    if handlers:
+        log.warning("drain: cutting %d open request(s)", len(handlers))
+        for task in handlers:
+            task.cancel()
+        await asyncio.wait(set(handlers), timeout=max(0.05, deadline - loop.time() - 0.2))
 
 
 async def run(
     config: Config, path: str | None, overrides: dict[str, Any], reuse_port: bool
 ) -> None:
     app = create_app(config)
-    runner = web.AppRunner(
+    runner = Runner(
         app,
+        read_timeout=config.read_timeout,
         handler_cancellation=True,  # a client that hangs up cancels its upstream call
         access_log=None,  # ours is written by the middleware
-        shutdown_timeout=drain_budget(config.shutdown_timeout),
+        shutdown_timeout=0.2,  # by then drain() has let every handler finish or cut it
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
@@ -102,6 +119,7 @@ async def run(
     try:
         await stop.wait()
         log.info("draining in-flight requests for up to %gs", config.shutdown_timeout)
+        await drain(runner, app[HANDLERS], config.shutdown_timeout)
     finally:
         await runner.cleanup()
     log.info("stopped")

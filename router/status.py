@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.balancer import Target
+from router.cache.layer import CACHE
 from router.keys import LIVE, METRICS, STATE
 
 
@@ -97,11 +98,13 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
             entry["budget_left_usd"] = round(max(0.0, key.budget_usd - spent), 6)
         clients.append(entry)
     backend = config.state.backend
+    cache = app.get(CACHE)
     return {
         "time": time.time(),
         "state": "degraded" if state.degraded else backend,
         "targets": out_targets,
         "clients": clients,
+        "cache": await cache.status() if cache is not None else None,
     }
 
 

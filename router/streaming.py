@@ -8,9 +8,10 @@ can only be reported in-band: an OpenAI-shaped `data: {"error": ...}` event, nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -19,12 +20,13 @@ from aiohttp.tcp_helpers import tcp_nodelay
 
 from router.compression import StreamCompressor
 from router.errors import UpstreamError, error_body
-from router.payload import Tokens, usage_tokens
+from router.payload import Tokens, text_chars, usage_tokens
 from router.providers import anthropic
 from router.providers.http import Reply
 
 log = logging.getLogger("router.streaming")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+MAX_EVENT_BYTES = 16 * 2**20  # one SSE event, held whole until its end arrives
 # The Responses API's stream has no [DONE]: it ends with one of these events.
 _RESPONSES_MARK = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 _RESPONSES_END = ("response.completed", "response.incomplete")
@@ -38,6 +40,23 @@ class StreamOutcome:
     events: int = 0
     error: str | None = None  # why the stream ended badly, if it did
     client_gone: bool = False
+    sent: int = 0  # bytes of events passed on
+    runs: int = 0
+    sampled: tuple[int, int] = (0, 0)  # (bytes, text characters) of the runs looked into
+
+    def count(self, run: bytes) -> None:
+        """Tally a run passed on. Its generated text is counted in the first 4 KiB and one
+        run in 32 after that: enough to estimate a stream that ends without usage."""
+        self.sent += len(run)
+        self.runs += 1
+        seen, chars = self.sampled
+        if seen < 4096 or self.runs % 32 == 0:
+            self.sampled = (seen + len(run), chars + text_chars(run))
+
+    def completion_estimate(self) -> int:
+        """Tokens of the text passed on, estimated like a prompt (4 characters a token)."""
+        seen, chars = self.sampled
+        return round(self.sent * chars / seen / 4) if seen else 0
 
 
 class _Events:
@@ -56,6 +75,8 @@ class _Events:
                 ends = list(_EVENT_END.finditer(buf))
                 end = ends[-1].end() - 2 if ends else -1
             if end < 0:
+                if len(buf) > MAX_EVENT_BYTES:  # an upstream that never ends its event
+                    raise UpstreamError(f"an SSE event larger than {MAX_EVENT_BYTES} bytes")
                 self._buf = buf
                 continue
             self._buf = buf[end + 2 :]
@@ -73,9 +94,11 @@ class Relay:
         responses: bool,
         messages: bool = False,
         write_timeout: float = 60.0,
+        tee: Callable[[bytes], None] | None = None,
     ) -> None:
         self.reply = reply
         self.write_timeout = write_timeout  # a client that stops reading is dropped after it
+        self.tee = tee  # sees each run once the client has it (the response cache adds it up)
         self.strip_usage = strip_usage  # drop the usage-only chunk the client did not ask for
         self.responses = responses  # the Responses API: ends with response.completed, not [DONE]
         self.messages = anthropic.MessageUsage() if messages else None  # Anthropic's native API
@@ -185,12 +208,15 @@ class Relay:
         try:
             while run is not None:
                 if run:
+                    self.outcome.count(run)
                     data = packer.feed(run) if packer else run
                     if watchdog is not None:
                         watchdog.since = watchdog.loop.time()
                     await resp.write(data)
                     if watchdog is not None:
                         watchdog.since = None
+                    if self.tee is not None:
+                        self.tee(run)
                 if self.outcome.error:
                     break
                 run = await self._events.next()
@@ -202,17 +228,22 @@ class Relay:
         except ConnectionResetError:  # the client left (or was dropped); the caller closes
             self.outcome.client_gone = True  # the upstream
             return resp
+        except asyncio.CancelledError:
+            # The request was cancelled: its client left (this write then fails at once) or
+            # a drain ran out of time. A client still there must not see a silent end.
+            with contextlib.suppress(Exception):
+                tail = self._error_event("the router cut the stream short (shutting down)")
+                async with asyncio.timeout(0.5):
+                    await resp.write(packer.feed(tail) + packer.finish() if packer else tail)
+                    await resp.write_eof()
+            raise
         finally:
             if watchdog is not None:
                 watchdog.stop()
         try:
             tail = b""
             if self.outcome.error and not self._sent_error_event():
-                tail = b"data: " + _error_payload(self.outcome.error) + b"\n\n"
-                if self.messages is not None:
-                    tail = anthropic.error_event(
-                        f"The upstream stream failed: {self.outcome.error}"
-                    )
+                tail = self._error_event(f"The upstream stream failed: {self.outcome.error}")
             if packer:
                 tail = packer.feed(tail) + packer.finish() if tail else packer.finish()
             async with asyncio.timeout(self.write_timeout):
@@ -226,6 +257,12 @@ class Relay:
             if transport is not None:
                 transport.abort()
         return resp
+
+    def _error_event(self, message: str) -> bytes:
+        """The in-band event that ends a failed stream, in the client's API."""
+        if self.messages is not None:
+            return anthropic.error_event(message)
+        return b"data: " + error_body(message, "upstream_error", None, "stream_error") + b"\n\n"
 
     async def runs(self) -> AsyncIterator[bytes]:
         """The stream read to its end by a reader that is not an HTTP client (`eval`).
@@ -270,9 +307,3 @@ class _Watchdog:
 
     def stop(self) -> None:
         self._timer.cancel()
-
-
-def _error_payload(reason: str) -> bytes:
-    return error_body(
-        f"The upstream stream failed: {reason}", "upstream_error", None, "stream_error"
-    )

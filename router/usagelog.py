@@ -100,7 +100,9 @@ def read(path: str) -> Iterator[dict[str, Any]]:
         with contextlib.suppress(FileNotFoundError), open(name, "rb") as f:
             for line in f:
                 with contextlib.suppress(orjson.JSONDecodeError):
-                    yield orjson.loads(line)
+                    record = orjson.loads(line)
+                    if isinstance(record, dict):  # a torn or foreign line is skipped
+                        yield record
 
 
 def rollup(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:
@@ -112,19 +114,28 @@ def rollup(records: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:
             name = name[:10]
         row = rows.setdefault(
             name, {by: name, "requests": 0, "errors": 0, "prompt_tokens": 0,
-                   "completion_tokens": 0, "cost_usd": 0.0, "latency_ms": 0.0},
+                   "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0.0,
+                   "latency_ms": 0.0},
         )  # fmt: skip
+        prompt, completion = _number(r, "prompt_tokens"), _number(r, "completion_tokens")
         row["requests"] += 1
-        row["errors"] += int(r.get("status", 200)) >= 400 or bool(r.get("stream_error"))
-        row["prompt_tokens"] += r.get("prompt_tokens") or 0
-        row["completion_tokens"] += r.get("completion_tokens") or 0
-        row["cost_usd"] += r.get("cost_usd") or 0.0
-        row["latency_ms"] += r.get("latency_ms") or 0.0
+        row["errors"] += _number(r, "status", 200) >= 400 or bool(r.get("stream_error"))
+        row["prompt_tokens"] += prompt
+        row["completion_tokens"] += completion
+        # Lines written before total_tokens existed count their parts.
+        row["total_tokens"] += _number(r, "total_tokens", prompt + completion)
+        row["cost_usd"] += _number(r, "cost_usd")
+        row["latency_ms"] += _number(r, "latency_ms")
     out = sorted(rows.values(), key=lambda row: row[by])
     for row in out:
         row["latency_ms"] = round(row["latency_ms"] / row["requests"], 1)
         row["cost_usd"] = round(row["cost_usd"], 6)
     return out
+
+
+def _number(record: dict[str, Any], key: str, default: float = 0) -> Any:
+    v = record.get(key)
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else default
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

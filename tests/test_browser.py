@@ -166,3 +166,21 @@ def test_page_on_another_origin_calls_the_router(browser: Any) -> None:
             bg.run(runner.cleanup())
         bg.close()
         stack.close()
+
+
+def test_dashboard_shows_the_response_cache(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    stack = LiveStack(cache={"backend": "memory"})
+    try:
+        for _ in range(3):  # a miss, then two hits
+            r = httpx.post(stack.url + "/v1/chat/completions", json={"model": "g"}, headers=ALICE)
+            assert r.status_code == 200
+        browser.get(stack.url + "/dashboard?key=alice-secret")
+        wait_for(browser, lambda d: d.find_element(By.ID, "cache-entries").text == "1")
+        assert browser.find_element(By.ID, "cache").is_displayed()
+        assert browser.find_element(By.ID, "cache-rate").text == "66.7%"
+        assert browser.find_element(By.ID, "cache-hits").text == "2 / 0 / 0"
+        assert browser.find_element(By.ID, "cache-misses").text == "1 / 0"
+    finally:
+        stack.close()

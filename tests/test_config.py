@@ -82,7 +82,8 @@ def test_errors_name_their_path_and_all_are_listed() -> None:
     assert 'groups[0].models[1].weight: must be a number >= 0, got "x"' in errors
     assert "groups[0].models[0].weight: must be a number >= 0, got -1" in errors
     assert "providers[0].timout: unknown key" in errors
-    assert "groups[0].models[2].provider: no provider named 'nope'" in errors
+    missing = 'groups[0].models[2].provider: no provider named "nope" (openai, openrouter exist)'
+    assert missing in errors
 
 
 def test_unknown_top_level_key_is_rejected() -> None:
@@ -146,8 +147,8 @@ def test_duplicate_names_are_errors() -> None:
     tree["groups"].append(dict(tree["groups"][0]))
     tree["providers"].append(dict(tree["providers"][0]))
     errors = errors_of(tree)
-    assert "groups[1].name: duplicate group 'smart'" in errors
-    assert "providers[2].name: duplicate provider 'openai'" in errors
+    assert "groups[1].name: duplicate group name, as groups[0]" in errors
+    assert "providers[2].name: duplicate provider name, as providers[0]" in errors
 
 
 def test_invalid_file_is_reported(tmp_path: Path) -> None:
@@ -155,16 +156,67 @@ def test_invalid_file_is_reported(tmp_path: Path) -> None:
     path.write_text("{nope")
     with pytest.raises(ConfigError) as info:
         load(path)
-    assert "not valid json" in info.value.errors[0]
+    expected = "c.json:1:2: not valid JSON: unexpected character, expected a string key"
+    assert info.value.errors[0].endswith(expected)
+
+
+THRESHOLD = "cache.semantic.threshold: must be between 0 and 1"
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "path"),
+    ("cache", "error"),
     [
-        ("cache", {"backend": "memory"}, "cache.backend"),
+        ({"backend": "disk"}, 'cache.backend: must be one of none, memory, redis, got "disk"'),
+        ({"backend": "memory", "ttl": 0}, "cache.ttl: must be a number > 0, got 0"),
+        ({"scope": "team"}, 'cache.scope: must be one of client, shared, got "team"'),
+        ({"groups": ["nope"]}, "cache.groups[0]: no group named 'nope'"),
+        ({"groups": [3]}, "cache.groups[0]: must be a group name or *, got 3"),
+        (
+            {"semantic": {"threshold": 1.5}},
+            "cache.semantic.threshold: must be between 0 and 1, got 1.5",
+        ),
+        (
+            {"semantic": {"threshold": "high"}},
+            'cache.semantic.threshold: must be between 0 and 1, got "high"',
+        ),
+        (
+            {"semantic": {"embedder": "nope"}},
+            "cache.semantic.embedder: must be hashing or a group name, no group named 'nope'",
+        ),
+        ({"semantic": {"embeder": "hashing"}}, "cache.semantic.embeder: unknown key"),
+        ({"max_entry_bytes": -1}, "cache.max_entry_bytes: must be an integer >= 1, got -1"),
     ],
 )
-def test_settings_of_features_not_built_yet_are_refused(key: str, value: object, path: str) -> None:
+def test_cache_errors_name_their_path(cache: dict[str, object], error: str) -> None:
     tree = yaml.safe_load(GO_SEED_CONFIG)
-    tree[key] = value
-    assert errors_of(tree) == [f"{path}: not supported by this version yet"]
+    tree["cache"] = cache
+    assert errors_of(tree) == [error]
+
+
+def test_cache_settings_load() -> None:
+    tree = yaml.safe_load(GO_SEED_CONFIG)
+    group = tree["groups"][0]["name"]
+    tree["cache"] = {
+        "backend": "redis",
+        "ttl": 60,
+        "scope": "shared",
+        "groups": [group],
+        "semantic": {"embedder": group, "threshold": 0.9},
+    }
+    cache = parse(tree, env={}).cache
+    assert (cache.backend, cache.ttl, cache.scope, cache.groups) == (
+        "redis",
+        60,
+        "shared",
+        (group,),
+    )
+    assert cache.semantic is not None and cache.semantic.threshold == 0.9
+    assert cache.coalesce and cache.max_entry_bytes == 1048576 and cache.redis_url is None
+
+
+def test_a_cache_embedder_group_must_serve_embeddings() -> None:
+    tree = yaml.safe_load(GO_SEED_CONFIG)
+    tree["providers"].append({"name": "claude", "type": "anthropic", "api_keys": ["k"]})
+    tree["groups"].append({"name": "claude", "models": [{"provider": "claude", "name": "c"}]})
+    tree["cache"] = {"backend": "memory", "semantic": {"embedder": "claude"}}
+    assert errors_of(tree) == ["cache.semantic.embedder: group 'claude' serves no embeddings"]

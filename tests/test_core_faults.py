@@ -9,11 +9,14 @@ every request in the usage log, nothing sent with an old secret.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import yaml
 from aiohttp import web
 from openai import AsyncOpenAI
 
+from router import statuscli
 from router.app import create_app
 from router.config import parse
 from router.keys import LIVE, METRICS, STATE, USAGE_LOG
@@ -270,17 +274,49 @@ def test_sigterm_drain_fits_shutdown_timeout_and_accounts_the_cut_stream(
     _write(path, config_tree([url], shutdown_timeout=2, usage_log=str(log)))
     server = RouterProcess(["--config", str(path), "--loop", "asyncio"], cwd=tmp_path)
     with httpx.stream("POST", server.url + CHAT, json=STREAM, headers=ALICE, timeout=30) as r:
-        assert '"Hel"' in next(line for line in r.iter_lines() if line)
+        lines = r.iter_lines()
+        assert '"Hel"' in next(line for line in lines if line)
         started = time.monotonic()
         server.terminate()
         server.proc.wait(20)
         took = time.monotonic() - started
+        rest = [line for line in lines if line]
     bg.loop.call_soon_threadsafe(fake.gate.set)
     code, out = server.stop()
     assert code == 0, out
     assert took < 2.0 + 0.6, f"the drain took {took:.2f}s for shutdown_timeout 2"
     [line] = list(read(str(log)))
     assert line["status"] == 499
+    # The client still there is told, in-band, that its stream was cut: never a silent end.
+    assert orjson.loads(rest[-1][6:])["error"]["code"] == "stream_error"
+
+
+def test_sigterm_drain_cuts_a_slow_plain_request_in_time(tmp_path: Path) -> None:
+    log = tmp_path / "usage.jsonl"
+    path = tmp_path / "config.yaml"
+    tree = {
+        "api_key": "alice-secret",
+        "shutdown_timeout": 2,
+        "usage_log": str(log),
+        "providers": [{"name": "m", "type": "mock", "api_keys": ["k"], "latency_ms": 8000}],
+        "groups": [{"name": "g", "models": [{"provider": "m", "name": "x"}]}],
+    }
+    _write(path, tree)
+    server = RouterProcess(["--config", str(path)], cwd=tmp_path)
+    hi = {"model": "g", "messages": [{"role": "user", "content": "hi"}]}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(httpx.post, server.url + CHAT, json=hi, headers=ALICE, timeout=30)
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.terminate()
+        server.proc.wait(20)
+        took = time.monotonic() - started
+        with pytest.raises(httpx.TransportError):
+            reply.result()
+    code, out = server.stop()
+    assert code == 0, out
+    assert took < 2.0 + 0.6, f"the drain took {took:.2f}s for shutdown_timeout 2"
+    assert [r["status"] for r in read(str(log))] == [499]
 
 
 # -- 6. the usage log survives errors ----------------------------------------------------
@@ -475,3 +511,107 @@ async def test_a_success_from_a_call_picked_before_the_breaker_opened_cannot_clo
     [h] = await client.app[STATE].health([P0])
     assert h.breaker == "closed"
     await settle_down(client, P0)
+
+
+# -- found by trying the product as a new user ------------------------------------------
+
+
+async def test_the_mock_honours_the_providers_timeouts(aiohttp_client: Any) -> None:
+    tree = {
+        "api_key": "alice-secret",
+        "retry": {"attempts": 1},
+        "providers": [
+            {"name": "m", "type": "mock", "api_keys": ["k"], "latency_ms": 2000,
+             "first_byte_timeout": 0.3},
+        ],
+        "groups": [{"name": "g", "models": [{"provider": "m", "name": "x"}]}],
+    }  # fmt: skip
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    hi = [{"role": "user", "content": "hi"}]
+    r = await client.post(CHAT, json={"model": "g", "messages": hi}, headers=ALICE)
+    assert r.status == 504
+    assert (await r.json())["error"]["code"] == "upstream_timeout"
+
+
+async def test_head_on_a_post_endpoint_is_405_with_allow(one: Any) -> None:
+    _, client = one
+    r = await client.head(CHAT, headers=ALICE)
+    assert r.status == 405 and r.headers["Allow"] == "POST, OPTIONS"
+
+
+async def test_the_messages_family_answers_unknown_paths_in_anthropics_shape(one: Any) -> None:
+    _, client = one
+    r = await client.post("/v1/messages/count_tokens", json={}, headers=ALICE)
+    assert r.status == 404
+    body = await r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+
+
+async def test_status_table_shows_the_error_count_and_rate_apart(one: Any) -> None:
+    fake, client = one
+    fake.script.append(status(500))
+    await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+    data = await (await client.get("/status", headers=ALICE)).json()
+    [failed] = [t for t in data["targets"] if t["errors"]]
+    text = statuscli.render(data, "http://x")
+    header = next(line for line in text.splitlines() if line.startswith("target"))
+    assert header.split()[5:7] == ["errors", "err_rate"]
+    row = next(line for line in text.splitlines() if failed["key"] in line)
+    assert row.split()[6] == "1" and row.split()[7].endswith("%")  # the target takes 2 words
+
+
+def test_usage_on_a_missing_log_is_an_error(tmp_path: Path) -> None:
+    cli = Path(sys.executable).parent / "llm-router"
+    out = subprocess.run(
+        [str(cli), "usage", "--log", str(tmp_path / "nope.jsonl")], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "does not exist" in out.stderr
+
+
+def test_the_installed_command_finds_a_user_policy_beside_where_it_runs(tmp_path: Path) -> None:
+    (tmp_path / "mypol").mkdir()
+    (tmp_path / "mypol" / "pol.py").write_text(
+        "class First:\n    def order(self, request, candidates):\n        return candidates\n"
+    )
+    tree = {
+        "api_key": "k",
+        "providers": [{"name": "m", "type": "mock", "api_keys": ["k1"]}],
+        "groups": [{"name": "g", "strategy": "mypol.pol:First",
+                    "models": [{"provider": "m", "name": "x"}]}],
+    }  # fmt: skip
+    _write(tmp_path / "config.yaml", tree)
+    cli = Path(sys.executable).parent / "llm-router"
+    out = subprocess.run([str(cli), "check"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "mypol.pol:First" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_probe_whose_client_left_during_backoff_frees_its_slot(
+    fakes: Any, aiohttp_client: Any, backend: str, request: Any
+) -> None:
+    [(f0, u0)] = await fakes(1)
+    tree = one_key(config_tree([u0], breaker={"failures": 1, "cooldown": 3}))
+    tree["retry"] = {"attempts": 3, "backoff": 10, "max_backoff": 10, "wait": 5}
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        tree["state"] = {"backend": "redis", "redis_url": server.url, "prefix": f"t{time.time()}"}
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    f0.script.append(status(500))
+    # The call fails and opens the breaker; the retry waits out the cooldown, takes the
+    # half-open probe, and sleeps in its backoff before sending it.
+    call = asyncio.ensure_future(client.post(CHAT, json={"model": "g"}, headers=ALICE))
+    deadline = time.monotonic() + 10
+    while (await client.app[STATE].health([P0]))[0].breaker != "half-open":
+        assert time.monotonic() < deadline, "the retry never took the probe"
+        await asyncio.sleep(0.02)
+    call.cancel()  # the client hangs up during the backoff
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    freed_by = time.time() + 1.5  # well before the probe would expire by itself (3 s)
+    while (h := (await client.app[STATE].health([P0]))[0]).until > time.time():
+        assert time.time() < freed_by, f"the probe slot was not given back: {h}"
+        await asyncio.sleep(0.02)
+    assert h.breaker == "half-open"
+    await settle_down(client, P0)
+    assert len(f0.seen) == 1

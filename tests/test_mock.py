@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -57,7 +58,7 @@ def test_completions_and_embeddings(c: openai.OpenAI) -> None:
     assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == "[MOCK] hi"
     # The SDK asks for base64 by default and decodes it back into floats.
     e = c.embeddings.create(model="m", input=["a b", "c"])
-    assert len(e.data) == 2 and len(e.data[0].embedding) == 16
+    assert len(e.data) == 2 and len(e.data[0].embedding) == 256
     assert all(-1.0 <= x <= 1.0 for x in e.data[0].embedding)
     tokens = c.embeddings.create(model="m", input=[[1, 2, 3], [4, 5]], encoding_format="float")
     assert len(tokens.data) == 2
@@ -65,6 +66,15 @@ def test_completions_and_embeddings(c: openai.OpenAI) -> None:
     assert len(one.data) == 1  # one token array is one input, as OpenAI reads it
     floats = c.embeddings.create(model="m", input="a b", encoding_format="float")
     assert floats.data[0].embedding == pytest.approx(e.data[0].embedding, abs=1e-6)
+
+
+def test_embeddings_of_similar_texts_are_similar(c: openai.OpenAI) -> None:
+    texts = ["What is the capital of France?", "what is the capital of  france", "Bake a cake"]
+    e = c.embeddings.create(model="m", input=texts, encoding_format="float")
+    [a, b, other] = (np.array(d.embedding) for d in e.data)
+    assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4)
+    assert a @ b >= 0.95
+    assert a @ other < 0.5
 
 
 def test_responses_plain_and_streamed(c: openai.OpenAI, stack: LiveStack) -> None:

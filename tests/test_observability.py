@@ -242,6 +242,7 @@ def test_usage_command_rolls_up(tmp_path: Path) -> None:
         "errors",
         "prompt_tokens",
         "completion_tokens",
+        "total_tokens",
         "cost_usd",
         "latency_ms",
     ]

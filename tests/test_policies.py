@@ -124,7 +124,7 @@ def test_config_reads_policy_fields_and_names_bad_ones() -> None:
         "groups[0].headroom_weights.high:",
         "groups[0].models[0].tier:",
         "api_keys[0].priority:",
-        "api_keys[0].groups[0]: no group named 'nope'",
+        'api_keys[0].groups[0]: no group named "nope"',
     ):
         assert path in text, text
 

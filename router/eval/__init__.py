@@ -88,7 +88,7 @@ async def _main(config: Config, prompts: list[prompt_file.Prompt], options: Opti
     results: list[Result] = []
     await state.start()
     connector = aiohttp.TCPConnector(limit=max(options.concurrency * 2, 16))
-    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+    async with aiohttp.ClientSession(connector=connector, trust_env=config.trust_env) as session:
         caller = Caller(upstreams(session), balancer)
         judge = None
         if options.judge is not None:

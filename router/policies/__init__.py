@@ -8,6 +8,8 @@ Strategies only order the available targets; the balancer keeps availability.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 BUILTIN = {
@@ -32,6 +34,9 @@ def import_from_string(path: str) -> Any:
         raise PolicyError(
             f'must be one of {", ".join(BUILTIN)} or "package.module:attr", got {path!r}'
         )
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # As uvicorn's --app-dir ".": `llm-router` finds a policy beside where it runs.
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

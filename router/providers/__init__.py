@@ -38,9 +38,9 @@ class _ByApi:
         return await self.by_api[target.provider.api].send(target, path, body, stream, client)
 
 
-def build(session: aiohttp.ClientSession) -> dict[str, Upstream]:
+def build(session: aiohttp.ClientSession, max_reply_bytes: int = 64 * 2**20) -> dict[str, Upstream]:
     """The app's providers by `type`, all over its one pooled session."""
-    http, mock = HttpUpstream(session), MockUpstream()
+    http, mock = HttpUpstream(session, max_reply_bytes), MockUpstream()
     return {
         "openai": http,
         "anthropic": AnthropicUpstream(http),

@@ -7,14 +7,19 @@ request (before headers) and around reading the body.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 import aiohttp
 
+from router import tls
 from router.balancer import Target
 from router.errors import UpstreamError, UpstreamTimeout
+from router.replies import read_limited
+
+Prepared = tuple[dict[str, str], aiohttp.ClientTimeout, ssl.SSLContext | bool]
 
 
 class Reply(Protocol):
@@ -44,6 +49,8 @@ class Upstream(Protocol):
 def _translate(exc: BaseException, when: str) -> UpstreamError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"timed out {when}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return UpstreamError("TLS failed (an untrusted certificate? see ca_file, verify_tls)")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(f"connect failed ({exc.os_error.strerror or 'refused'})")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
@@ -54,15 +61,16 @@ def _translate(exc: BaseException, when: str) -> UpstreamError:
 
 
 class HttpReply:
-    def __init__(self, resp: aiohttp.ClientResponse, idle: float | None) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, idle: float | None, limit: int) -> None:
         self._resp = resp
         self._idle = idle  # None: aiohttp's sock_read already enforces the idle timeout
+        self._limit = limit  # max_reply_bytes
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
         try:
-            return await self._resp.read()
+            return await read_limited(self._resp, self._limit)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "while reading the body") from None
         finally:
@@ -92,16 +100,17 @@ class HttpReply:
 class HttpUpstream:
     """OpenAI-compatible providers: POST the body to base_url + path with the target's key."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, max_reply_bytes: int = 64 * 2**20) -> None:
         self.session = session
+        self.max_reply_bytes = max_reply_bytes
         # Keyed by the Target object, not its id: a reload builds new targets, so a rotated
         # secret, new headers or timeouts apply from the next request, and the old entries
         # go with the old config.
-        self._prepared_for: weakref.WeakKeyDictionary[
-            Target, tuple[dict[str, str], aiohttp.ClientTimeout]
-        ] = weakref.WeakKeyDictionary()
+        self._prepared_for: weakref.WeakKeyDictionary[Target, Prepared] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def _prepared(self, target: Target) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
+    def _prepared(self, target: Target) -> Prepared:
         """Headers and timeouts per target, built once.
 
         With first_byte_timeout == idle_timeout (the default) aiohttp's sock_read covers
@@ -118,7 +127,7 @@ class HttpUpstream:
                 connect=p.connect_timeout,
                 sock_read=p.idle_timeout if p.idle_timeout == p.first_byte_timeout else None,
             )
-            prepared = self._prepared_for[target] = (headers, timeout)
+            prepared = self._prepared_for[target] = (headers, timeout, tls.context(p))
         return prepared
 
     async def send(
@@ -130,9 +139,9 @@ class HttpUpstream:
         self, target: Target, path: str, body: bytes, headers: Mapping[str, str], stream: bool
     ) -> Reply:
         """The transport alone: any vendor's body and headers to base_url + path."""
-        timeout = self._prepared(target)[1]
+        _, timeout, tls_context = self._prepared(target)
         url = target.provider.base_url + path
-        post = self.session.post(url, data=body, headers=headers, timeout=timeout)
+        post = self.session.post(url, data=body, headers=headers, timeout=timeout, ssl=tls_context)
         try:
             if timeout.sock_read is not None:
                 resp = await post
@@ -142,4 +151,4 @@ class HttpUpstream:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "before response headers") from None
         idle = None if timeout.sock_read is not None else target.provider.idle_timeout
-        return HttpReply(resp, idle)
+        return HttpReply(resp, idle, self.max_reply_bytes)

@@ -1,14 +1,14 @@
 """The built-in `mock` provider: echo replies with honest token counts, no network.
 
 It speaks OpenAI's API, and Anthropic's Messages API on `/v1/messages` (so a `type: mock,
-api: anthropic` provider runs the real Anthropic translator over it).
+api: anthropic` provider runs the real Anthropic translator over it). Its embeddings are
+character n-gram hashing vectors, so similar texts get similar vectors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import random
 import struct
 import time
@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from router.balancer import Target
+from router.errors import UpstreamTimeout
 
 
 def count_tokens(text: str) -> int:
@@ -79,6 +80,12 @@ class MockUpstream:
     ) -> MockReply:
         p = target.provider
         if p.latency_ms:
+            # The mock's latency is its time to response headers, so the provider's
+            # timeouts apply to it as to a real upstream (504s and failover can be tried).
+            wait = min(p.first_byte_timeout, p.timeout)
+            if p.latency_ms / 1000 > wait:
+                await asyncio.sleep(wait)
+                raise UpstreamTimeout("timed out before response headers")
             await asyncio.sleep(p.latency_ms / 1000)
         if p.failure_rate and self.rng.random() < p.failure_rate:
             err = {
@@ -214,6 +221,8 @@ def _stream(
 
 
 def _embeddings(req: dict[str, Any], model: str) -> bytes:
+    from router.cache.semantic import hash_vector  # numpy is loaded only when used
+
     inputs = req.get("input", "")
     # A list of strings or of token arrays is a batch; one token array is a single input.
     batch = isinstance(inputs, list) and not all(isinstance(x, int) for x in inputs)
@@ -222,8 +231,8 @@ def _embeddings(req: dict[str, Any], model: str) -> bytes:
     for i, item in enumerate(items):
         text = item if isinstance(item, str) else orjson.dumps(item).decode()
         tokens += count_tokens(text)
-        seed = hashlib.sha256(text.encode()).digest()
-        vector = [round((b - 127.5) / 127.5, 6) for b in seed[:16]]
+        # The semantic cache's n-gram hashing: similar texts get similar vectors.
+        vector = [round(float(x), 6) for x in hash_vector(text)]
         embedding: Any = vector
         if req.get("encoding_format") == "base64":  # what the openai SDKs ask for by default
             embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

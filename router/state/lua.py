@@ -139,6 +139,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 )
+# ARGV: now, the `until` our probe set. Frees the probe slot if it is still ours.
+FREE = (
+    _HEALTH
+    + """
+if state == 'half-open' and math.abs(get('until', '0') - tonumber(ARGV[2])) < 0.001 then
+  redis.call('HSET', KEYS[1], 'until', ARGV[1])
+end
+return 1
+"""
+)
 # ARGV: ok, now, threshold, cooldown, ttl, when the call started. -> the health hash
 RECORD = (
     _HEALTH

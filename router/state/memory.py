@@ -10,6 +10,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from router import breaker
 from router.breaker import Health
@@ -112,6 +113,11 @@ class MemoryState:
     async def take_probe(self, key: str, now: float, cooldown: float) -> bool:
         ok, self._health[key] = breaker.take_probe(self._health.get(key) or _HEALTHY, now, cooldown)
         return ok
+
+    async def free_probe(self, key: str, until: float, now: float) -> None:
+        h = self._health.get(key)
+        if h is not None and h.breaker == "half-open" and abs(h.until - until) < 1e-3:
+            self._health[key] = replace(h, until=now)  # the next request may probe
 
     async def record(
         self,

@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -100,7 +101,8 @@ class RedisState:
             name: self.client.register_script(src)
             for name, src in (("loads", lua.LOADS), ("take", lua.TAKE), ("put", lua.PUT),
                               ("windows", lua.WINDOWS), ("hold", lua.HOLD), ("probe", lua.PROBE),
-                              ("record", lua.RECORD), ("cool", lua.COOL), ("share", lua.SHARE))
+                              ("record", lua.RECORD), ("cool", lua.COOL), ("share", lua.SHARE),
+                              ("free", lua.FREE))
         }  # fmt: skip
         self._ids = itertools.count()
         self._me = os.urandom(6).hex()  # this router's id: its fields and window entries
@@ -428,6 +430,14 @@ class RedisState:
 
         return await self._guard(remote, lambda: self.local.take_probe(key, now, cooldown))
 
+    async def free_probe(self, key: str, until: float, now: float) -> None:
+        async def remote() -> None:
+            await self._scripts["free"](keys=[self.k(key, "health")], args=[now, until])
+            self._change(key, lambda h: _freed(h, until, now))
+
+        await self.local.free_probe(key, until, now)
+        await self._guard(remote, lambda: self.local.free_probe(key, until, now))
+
     async def record(
         self,
         key: str,
@@ -632,6 +642,13 @@ class RedisState:
                 pipe.expireat(spent, math.ceil(expires))  # the same instant from every router
 
         return fill
+
+
+def _freed(h: Health, until: float, now: float) -> Health:
+    """The probe slot `until` marks given back (as the FREE script does)."""
+    if h.breaker == "half-open" and abs(h.until - until) < 1e-3:
+        return replace(h, until=now)
+    return h
 
 
 async def _value(v: T) -> T:
