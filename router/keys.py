@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -36,6 +36,7 @@ class Runtime:
 @dataclass
 class Live:
     runtime: Runtime
+    chores: set[asyncio.Task[None]] = field(default_factory=set)  # a reload's state work
 
 
 LIVE = web.AppKey("live", Live)

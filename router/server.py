@@ -21,6 +21,7 @@ from router.keys import HANDLERS, LIVE, STATE
 from router.logs import setup_logging
 from router.protocol import Runner
 from router.schema import ConfigError
+from router.state import StateBackend
 
 log = logging.getLogger("router")
 # Settings a running server cannot change in place; a reload that changes them says so.
@@ -141,8 +142,32 @@ def reload(app: web.Application, path: str | None, overrides: dict[str, Any]) ->
     for name in _FIXED:
         if getattr(old, name) != getattr(new, name):
             log.warning("reload: %s changed; it takes effect only after a restart", name)
+    rotated = _rotated(old, new)
     live.runtime = build_runtime(new, app[STATE])
+    if rotated:
+        # A key quarantined for a 401 under its old secret gets its new one tried at once.
+        ids = [t.id for ts in live.runtime.balancer.groups.values() for t in ts
+               if (t.provider.name, t.key.label) in rotated]  # fmt: skip
+        task = asyncio.get_running_loop().create_task(_uncool(app[STATE], ids))
+        live.chores.add(task)
+        task.add_done_callback(live.chores.discard)
     log.info("reloaded %s: %d groups", new.source, len(new.groups))
+
+
+def _rotated(old: Config, new: Config) -> set[tuple[str, str]]:
+    """(provider, key label) pairs whose secret a reload changed."""
+    before = {(p.name, k.label): k.secret for p in old.providers for k in p.keys}
+    return {
+        (p.name, k.label)
+        for p in new.providers
+        for k in p.keys
+        if (p.name, k.label) in before and before[(p.name, k.label)] != k.secret
+    }
+
+
+async def _uncool(state: StateBackend, ids: list[str]) -> None:
+    for tid in ids:
+        await state.uncool(tid)
 
 
 def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -615,3 +615,31 @@ async def test_a_probe_whose_client_left_during_backoff_frees_its_slot(
     assert h.breaker == "half-open"
     await settle_down(client, P0)
     assert len(f0.seen) == 1
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_key_quarantined_for_a_401_is_tried_at_once_with_its_rotated_secret(
+    fakes: Any, aiohttp_client: Any, tmp_path: Path, backend: str, request: Any
+) -> None:
+    from router.server import reload
+
+    [(f0, u0)] = await fakes(1)
+    tree = one_key(config_tree([u0], retry={"attempts": 1}))
+    tree["providers"][0]["api_keys"] = [{"name": "main", "key": "sk-revoked"}]
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        tree["state"] = {"backend": "redis", "redis_url": server.url, "prefix": f"t{time.time()}"}
+    path = tmp_path / "config.yaml"
+    _write(path, tree)
+    client = await aiohttp_client(create_app(parse(tree, env={})))
+    f0.script.append(status(401))
+    assert (await client.post(CHAT, json={"model": "g"}, headers=ALICE)).status == 502
+    r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+    assert r.status == 503  # the key is set aside for the breaker's cooldown (30 s)
+    tree["providers"][0]["api_keys"] = [{"name": "main", "key": "sk-rotated"}]
+    _write(path, tree)
+    reload(client.app, str(path), {})
+    await asyncio.gather(*client.app[LIVE].chores)
+    r = await client.post(CHAT, json={"model": "g"}, headers=ALICE)
+    assert r.status == 200
+    assert f0.seen[-1].headers["Authorization"] == "Bearer sk-rotated"

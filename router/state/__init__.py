@@ -62,6 +62,10 @@ class StateBackend(Protocol):
 
     async def take_probe(self, key: str, now: float, cooldown: float) -> bool: ...
 
+    async def uncool(self, key: str) -> None:
+        """End a target's cooldown (its key's secret was replaced: the old one's 401 or
+        429 says nothing about the new one)."""
+
     async def free_probe(self, key: str, until: float, now: float) -> None:
         """Give back a half-open probe slot taken for a request that was never sent or
         ended with no verdict; `until` is what the take set, so only our own slot is freed."""

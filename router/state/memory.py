@@ -114,6 +114,11 @@ class MemoryState:
         ok, self._health[key] = breaker.take_probe(self._health.get(key) or _HEALTHY, now, cooldown)
         return ok
 
+    async def uncool(self, key: str) -> None:
+        h = self._health.get(key)
+        if h is not None and h.cooldown_until:
+            self._health[key] = replace(h, cooldown_until=0.0, rate_limited=False)
+
     async def free_probe(self, key: str, until: float, now: float) -> None:
         h = self._health.get(key)
         if h is not None and h.breaker == "half-open" and abs(h.until - until) < 1e-3:

@@ -42,6 +42,7 @@ from router.state import WINDOW, Clock, Taken, Usage, Window, lua
 from router.state.behind import TROUBLE, Client, Fill, Pipe, WriteBehind
 from router.state.memory import MemoryState
 
+OWN_HEALTH = 1.0  # seconds this router's own health change outranks what Redis says
 log = logging.getLogger("router.state")
 T = TypeVar("T")
 
@@ -120,6 +121,7 @@ class RedisState:
         self._looking_at: set[str] = set()  # the targets it reads
         self._changes = 0  # health changes made here, counted ...
         self._changed: dict[str, int] = {}  # ... and the count at each target's last one
+        self._changed_at: dict[str, float] = {}  # ... and when (monotonic)
         self.behind = WriteBehind(
             self.client, self._load_scripts, self._mark_down, CALL_TIMEOUT * 4,
             self._reads, cfg.refresh,
@@ -333,7 +335,12 @@ class RedisState:
                 if isinstance(row, Exception):
                     return  # the view stays as it was; its age makes a pick read again
                 u, r, _, health = row
-                if self._changed.get(key, 0) > changes and key in self._seen:
+                if key in self._seen and (
+                    self._changed.get(key, 0) > changes
+                    # Our own change may still wait in the write-behind queue: a read sent
+                    # meanwhile (a pick's) would bring the health from before it.
+                    or time.monotonic() - self._changed_at.get(key, -OWN_HEALTH) < OWN_HEALTH
+                ):
                     self._seen[key] = (float(u) + float(r), self._seen[key][1])
                 else:
                     self._seen[key] = (float(u) + float(r), _health(health))
@@ -384,6 +391,7 @@ class RedisState:
         """Apply this router's own health change to the view at once."""
         self._changes += 1
         self._changed[key] = self._changes
+        self._changed_at[key] = time.monotonic()
         if key in self._seen:
             load, h = self._seen[key]
             self._seen[key] = (load, change(h))
@@ -430,6 +438,18 @@ class RedisState:
 
         return await self._guard(remote, lambda: self.local.take_probe(key, now, cooldown))
 
+    async def uncool(self, key: str) -> None:
+        async def remote() -> None:
+            health = self.k(key, "health")
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(health, mapping={"cooldown_until": "0", "rate_limited": "0"})
+                pipe.expire(health, HEALTH_TTL)
+                await pipe.execute()
+            self._change(key, lambda h: replace(h, cooldown_until=0.0, rate_limited=False))
+
+        await self.local.uncool(key)
+        await self._guard(remote, lambda: self.local.uncool(key))
+
     async def free_probe(self, key: str, until: float, now: float) -> None:
         async def remote() -> None:
             await self._scripts["free"](keys=[self.k(key, "health")], args=[now, until])
@@ -452,8 +472,9 @@ class RedisState:
 
         async def remote() -> Health:
             h = _health(await self._scripts["record"](keys=keys, args=args))
-            self._change(key, lambda _: h)
-            return h
+            # A cooldown this router set may still wait in the write-behind queue.
+            self._change(key, lambda mine: breaker.cool(h, mine.cooldown_until, mine.rate_limited))
+            return self._seen[key][1] if key in self._seen else h
 
         def fill(pipe: Pipe) -> None:
             self._eval(pipe, "record", keys, args)
