@@ -78,3 +78,62 @@ def test_sigterm_during_50_streams_loses_none(tmp_path: Path, fakes_thread: tupl
     assert succeeded == STREAMS
     assert len(lines) == STREAMS and all(x["status"] == 200 for x in lines)
     assert sum(x["total_tokens"] for x in lines) == 15 * STREAMS
+
+
+def test_redis_killed_and_restarted_under_load_loses_none(
+    tmp_path: Path, fakes_thread: tuple
+) -> None:
+    """Two routers on one Redis take a steady load (8 requests at a time, streams and plain
+    replies, each router half); Redis is killed a third of the way in and restarted at two
+    thirds. Every request must succeed, every one must be in its router's usage log, and
+    both routers must be back on shared state at the end."""
+    from tests.redis_server import RedisServer
+
+    _, url, _ = fakes_thread
+    server = RedisServer()
+    routers: list[RouterProcess] = []
+    try:
+        for i in range(2):
+            tree = config_tree(
+                [url],
+                state={"backend": "redis", "redis_url": server.url, "prefix": "kill"},
+                usage_log=str(tmp_path / f"usage{i}.jsonl"),
+            )
+            path = tmp_path / f"config{i}.yaml"
+            path.write_text(yaml.safe_dump(tree))
+            routers.append(RouterProcess(["--config", str(path)], cwd=tmp_path))
+        total, statuses = 600, []
+
+        async def load() -> None:
+            sem = asyncio.Semaphore(8)
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def one(i: int) -> int:
+                    body = {"model": "g", "stream": i % 2 == 0,
+                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+                    async with sem:
+                        if i == total // 3:
+                            server.stop()  # Redis killed mid-load
+                        if i == 2 * total // 3:
+                            server.start()
+                        r = await client.post(routers[i % 2].url + "/v1/chat/completions",
+                                              json=body, headers=ALICE)  # fmt: skip
+                        ok = r.status_code == 200 and (i % 2 or b"[DONE]" in r.content)
+                        return 200 if ok else r.status_code
+
+                statuses.extend(await asyncio.gather(*(one(i) for i in range(total))))
+
+        asyncio.run(load())
+        deadline = time.monotonic() + 15
+        while any(httpx.get(r.url + "/health").json()["state"] != "ok" for r in routers):
+            assert time.monotonic() < deadline, "a router did not go back to shared state"
+            time.sleep(0.1)
+    finally:
+        outs = [r.stop()[1] for r in routers]
+        server.stop()
+    succeeded = statuses.count(200)
+    logged = sum(len(list(read(str(tmp_path / f"usage{i}.jsonl")))) for i in range(2))
+    print(f"redis killed and restarted: sent {total}, succeeded {succeeded}, "
+          f"logged {logged}, lost {total - succeeded}")  # fmt: skip
+    assert succeeded == total and logged == total
+    assert all("redis unreachable" in out and "shared state resumed" in out for out in outs)
