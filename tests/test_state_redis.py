@@ -75,15 +75,22 @@ async def test_two_instances_never_both_take_the_last_unit(
     a, b = state(shared_redis, prefix), state(shared_redis, prefix)
     await a.start()
     await b.start()
-    now = time.time()
-    # Open each pool's 20 connections first: on a loaded machine, 40 connects at once can
-    # pass the call timeout, and a take that falls back to local state proves nothing here.
-    await asyncio.gather(*(s.take("rpm:warm", 1, 1000, now) for _ in range(20) for s in (a, b)))
-    assert not a.degraded and not b.degraded
-    results = await asyncio.gather(
-        *(s.take("rpm:k", 1, 10, now) for _ in range(20) for s in (a, b))
-    )
-    assert not a.degraded and not b.degraded
+    # On a loaded machine 40 calls at once can pass the call timeout; a take that fell back
+    # to local state proves nothing about Redis, so such a round is run again, on a new key.
+    for attempt in range(5):
+        now = time.time()
+        await asyncio.gather(*(s.take("rpm:warm", 1, 1e6, now) for _ in range(20) for s in (a, b)))
+        results = await asyncio.gather(
+            *(s.take(f"rpm:k{attempt}", 1, 10, now) for _ in range(20) for s in (a, b))
+        )
+        if not a.degraded and not b.degraded:
+            break
+        deadline = time.monotonic() + 10
+        while a.degraded or b.degraded:
+            assert time.monotonic() < deadline, "Redis never came back"
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no round without a Redis timeout in 5 tries")
     assert sum(r.entry is not None for r in results) == 10
     assert all(r.entry or r.until == pytest.approx(now + 60, abs=1) for r in results)
     await a.close()
