@@ -6,6 +6,7 @@ open, or while its key is at its rpm/tpm limit; `Blocked` says until when, and w
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -149,6 +150,31 @@ class Balancer:
                 route.picked(t)
             return t, blocked
         return None, blocked
+
+    async def pick_owned(
+        self,
+        targets: Sequence[Target],
+        reserve: float,
+        skip: Sequence[Target] = (),
+        route: Route | None = None,
+    ) -> tuple[Target | None, list[Blocked]]:
+        """A pick that a hung-up client cannot cut in half.
+
+        With shared state a pick waits on Redis between taking a key's limits and reserving;
+        cancelled there, what it took would never be given back. So it runs to its end, and a
+        target it chose for a request that is gone is released at once. Memory picks never
+        suspend, so they need none of this.
+        """
+        if not self.state.degraded and self.remote:
+            task = asyncio.ensure_future(self.pick(targets, reserve, skip, route))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                target, _ = await task
+                if target is not None:
+                    await self.release(target, reserve)
+                raise
+        return await self.pick(targets, reserve, skip, route)
 
     async def _take_limits(
         self, t: Target, reserve: float, now: float, blocked: list[Blocked], share: float = 1.0

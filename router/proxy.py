@@ -11,14 +11,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
-from router import bodies, payload, providers
+from router import bodies, hedging, payload, providers
 from router.auth import ANONYMOUS
 from router.balancer import Balancer, Blocked, Target
 from router.cache.layer import CACHE, Ticket
@@ -31,6 +31,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from router.hedging import Attempting, Race
 from router.keys import CLIENT, LIVE, METRICS, UPSTREAMS, Runtime
 from router.limits import Hold
 from router.payload import Tokens
@@ -140,11 +141,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     waited = 0.0
     while len(call.attempts) < retry.attempts:
         picked = balancer.clock()  # a result from before the breaker last opened is stale
-        target, blocked = await _pick(balancer, targets, reserve, tried, route)
+        target, blocked = await balancer.pick_owned(targets, reserve, tried, route)
         if target is None and tried:
             # Every other target is used up: try one again, after a backoff.
             picked = balancer.clock()
-            target, blocked = await _pick(balancer, targets, reserve, (), route)
+            target, blocked = await balancer.pick_owned(targets, reserve, (), route)
             if target is not None:
                 delay = backoff(len(call.attempts), retry)
                 if balancer.clock() + delay > deadline:
@@ -182,56 +183,6 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     raise _exhausted(call, blocked, balancer.clock())
 
 
-async def _pick(
-    balancer: Balancer,
-    targets: Sequence[Target],
-    reserve: float,
-    skip: Sequence[Target] = (),
-    route: Route | None = None,
-) -> tuple[Target | None, list[Blocked]]:
-    """A pick that a hung-up client cannot cut in half.
-
-    With shared state a pick waits on Redis between taking a key's limits and reserving;
-    cancelled there, what it took would never be given back. So it runs to its end, and a
-    target it chose for a request that is gone is released at once. Memory picks never
-    suspend, so they need none of this.
-    """
-    if not balancer.state.degraded and balancer.remote:
-        task = asyncio.ensure_future(balancer.pick(targets, reserve, skip, route))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            target, _ = await task
-            if target is not None:
-                await balancer.release(target, reserve)
-            raise
-    return await balancer.pick(targets, reserve, skip, route)
-
-
-class _Race:
-    """The attempts of one hedged request. The first to have its reply in hand claims the
-    client, once; `progress` resolves when the first attempt has response headers."""
-
-    def __init__(self) -> None:
-        self.progress: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.tasks: list[asyncio.Task[web.StreamResponse | None]] = []
-        self.entered: list[bool] = []  # an attempt cancelled before its first step owns nothing
-        self.winner: int | None = None
-
-    def headers(self) -> None:
-        if not self.progress.done():
-            self.progress.set_result(None)
-
-    def claim(self, me: int) -> bool:
-        if self.winner is not None:
-            return self.winner == me
-        self.winner = me
-        for i, other in enumerate(self.tasks):
-            if i != me:
-                other.cancel()
-        return True
-
-
 async def _hedged(
     request: web.Request,
     runtime: Runtime,
@@ -241,47 +192,21 @@ async def _hedged(
     encoding: str | None,
     hedge_after: float,
 ) -> web.StreamResponse | None:
-    """Call `first`; if it has no response headers after `hedge_after`, call the next target
-    too. The first reply in hand claims the client; the other attempt is cancelled, which
-    releases its reservation without a verdict on its health."""
-    race = _Race()
-    targets: list[Target] = []
+    """This request's attempts, raced by router.hedging."""
+    balancer = runtime.balancer
 
-    def start(target: Target, picked: float) -> None:
-        me = len(race.tasks)
-        race.entered.append(False)
-        targets.append(target)
-        coro = _attempt(request, runtime, call, target, picked, encoding, race, me)
-        race.tasks.append(asyncio.create_task(coro, name=f"attempt-{target.id}"))
+    async def second() -> tuple[Target | None, float]:
+        group = providers.serving(balancer.targets(call.group), call.path, call.body)
+        picked = balancer.clock()
+        target, _ = await balancer.pick_owned(group, call.reserve, tried, call.route)
+        if target is not None:
+            tried.append(target)
+        return target, picked
 
-    start(*first)
-    try:
-        first_moves: set[asyncio.Future[Any]] = {race.tasks[0], race.progress}
-        moved, _ = await asyncio.wait(
-            first_moves, timeout=hedge_after, return_when=asyncio.FIRST_COMPLETED
-        )
-        if not moved:
-            group = providers.serving(runtime.balancer.targets(call.group), call.path, call.body)
-            picked = runtime.balancer.clock()
-            second, _ = await _pick(runtime.balancer, group, call.reserve, tried, call.route)
-            if second is not None:
-                tried.append(second)
-                start(second, picked)
-        pending = set(race.tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and (response := task.result()) is not None:
-                    return response
-        return None
-    finally:
-        race.progress.cancel()
-        for task in race.tasks:
-            task.cancel()
-        await asyncio.gather(*race.tasks, return_exceptions=True)
-        for target, entered in zip(targets, race.entered, strict=True):
-            if not entered:  # cancelled before it ran: its finally never will
-                await runtime.balancer.release(target, call.reserve)
+    def attempt(target: Target, picked: float, race: Race, me: int) -> Attempting:
+        return _attempt(request, runtime, call, target, picked, encoding, race, me)
+
+    return await hedging.race(balancer, call.reserve, first, second, attempt, hedge_after)
 
 
 async def _attempt(
@@ -291,7 +216,7 @@ async def _attempt(
     target: Target,
     picked: float,  # clock time of the pick that chose it
     encoding: str | None,
-    race: _Race | None = None,
+    race: Race | None = None,
     me: int = 0,
 ) -> web.StreamResponse | None:
     """One upstream call. Returns the client's response, or None after recording a failure.
